@@ -27,7 +27,8 @@ build: ## Build bin/mesh, bin/trellis-controlplane and bin/trellis-proxy (static
 	done
 
 .PHONY: generate
-generate: ## Generate deepcopy code, the CRDs (into the chart) and the RBAC role from kubebuilder markers.
+generate: ## Generate protobuf code, deepcopy code, the CRDs (into the chart) and the RBAC role from markers.
+	hack/gen-proto.sh
 	$(TOOL) controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/...
 	$(TOOL) controller-gen crd paths=./api/... output:crd:artifacts:config=$(CRD_DIR)
 	$(TOOL) controller-gen rbac:roleName=trellis-controlplane paths=./... output:rbac:artifacts:config=$(RBAC_DIR)

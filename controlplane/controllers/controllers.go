@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -35,8 +36,17 @@ type Options struct {
 	Logger      *slog.Logger
 }
 
+// Controllers are the registered controllers.
+type Controllers struct {
+	syncers []primer
+}
+
+type primer interface {
+	prime(ctx context.Context, r client.Reader) error
+}
+
 // Setup registers one controller per watched kind with the manager.
-func Setup(mgr ctrl.Manager, store *meshstate.Store, opts Options) error {
+func Setup(mgr ctrl.Manager, store *meshstate.Store, opts Options) (*Controllers, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -44,20 +54,26 @@ func Setup(mgr ctrl.Manager, store *meshstate.Store, opts Options) error {
 	regs := []struct {
 		name string
 		obj  client.Object
-		r    reconcile.Reconciler
+		r    interface {
+			reconcile.Reconciler
+			primer
+		}
 	}{
 		{"namespace", &corev1.Namespace{}, &syncer[*corev1.Namespace]{
 			c: mgr.GetClient(), newObj: func() *corev1.Namespace { return &corev1.Namespace{} },
-			set: func(o *corev1.Namespace) error { store.SetNamespace(namespaceFromK8s(o)); return nil },
-			del: func(k meshstate.Key) { store.DeleteNamespace(k.Name) },
+			newList: func() client.ObjectList { return &corev1.NamespaceList{} },
+			set:     func(o *corev1.Namespace) error { store.SetNamespace(namespaceFromK8s(o)); return nil },
+			del:     func(k meshstate.Key) { store.DeleteNamespace(k.Name) },
 		}},
 		{"service", &corev1.Service{}, &syncer[*corev1.Service]{
 			c: mgr.GetClient(), newObj: func() *corev1.Service { return &corev1.Service{} },
-			set: func(o *corev1.Service) error { store.SetService(serviceFromK8s(o)); return nil },
-			del: store.DeleteService,
+			newList: func() client.ObjectList { return &corev1.ServiceList{} },
+			set:     func(o *corev1.Service) error { store.SetService(serviceFromK8s(o)); return nil },
+			del:     store.DeleteService,
 		}},
 		{"endpointslice", &discoveryv1.EndpointSlice{}, &syncer[*discoveryv1.EndpointSlice]{
 			c: mgr.GetClient(), newObj: func() *discoveryv1.EndpointSlice { return &discoveryv1.EndpointSlice{} },
+			newList: func() client.ObjectList { return &discoveryv1.EndpointSliceList{} },
 			set: func(o *discoveryv1.EndpointSlice) error {
 				if es := endpointSliceFromK8s(o); es != nil {
 					store.SetEndpointSlice(es)
@@ -68,16 +84,19 @@ func Setup(mgr ctrl.Manager, store *meshstate.Store, opts Options) error {
 		}},
 		{"pod", &corev1.Pod{}, &syncer[*corev1.Pod]{
 			c: mgr.GetClient(), newObj: func() *corev1.Pod { return &corev1.Pod{} },
-			set: func(o *corev1.Pod) error { store.SetPod(podFromK8s(o)); return nil },
-			del: store.DeletePod,
+			newList: func() client.ObjectList { return &corev1.PodList{} },
+			set:     func(o *corev1.Pod) error { store.SetPod(podFromK8s(o)); return nil },
+			del:     store.DeletePod,
 		}},
 		{"trafficsplit", &splitv1alpha4.TrafficSplit{}, &syncer[*splitv1alpha4.TrafficSplit]{
 			c: mgr.GetClient(), newObj: func() *splitv1alpha4.TrafficSplit { return &splitv1alpha4.TrafficSplit{} },
-			set: func(o *splitv1alpha4.TrafficSplit) error { store.SetSplit(splitFromAPI(o)); return nil },
-			del: store.DeleteSplit,
+			newList: func() client.ObjectList { return &splitv1alpha4.TrafficSplitList{} },
+			set:     func(o *splitv1alpha4.TrafficSplit) error { store.SetSplit(splitFromAPI(o)); return nil },
+			del:     store.DeleteSplit,
 		}},
 		{"trafficpolicy", &policyv1alpha1.TrafficPolicy{}, &syncer[*policyv1alpha1.TrafficPolicy]{
 			c: mgr.GetClient(), newObj: func() *policyv1alpha1.TrafficPolicy { return &policyv1alpha1.TrafficPolicy{} },
+			newList: func() client.ObjectList { return &policyv1alpha1.TrafficPolicyList{} },
 			set: func(o *policyv1alpha1.TrafficPolicy) error {
 				tp, err := trafficPolicyFromAPI(o)
 				if err != nil {
@@ -94,6 +113,7 @@ func Setup(mgr ctrl.Manager, store *meshstate.Store, opts Options) error {
 		}},
 		{"authorizationpolicy", &policyv1alpha1.AuthorizationPolicy{}, &syncer[*policyv1alpha1.AuthorizationPolicy]{
 			c: mgr.GetClient(), newObj: func() *policyv1alpha1.AuthorizationPolicy { return &policyv1alpha1.AuthorizationPolicy{} },
+			newList: func() client.ObjectList { return &policyv1alpha1.AuthorizationPolicyList{} },
 			set: func(o *policyv1alpha1.AuthorizationPolicy) error {
 				store.SetAuthorizationPolicy(authorizationPolicyFromAPI(o))
 				return nil
@@ -102,6 +122,7 @@ func Setup(mgr ctrl.Manager, store *meshstate.Store, opts Options) error {
 		}},
 		{"meshconfig", &policyv1alpha1.MeshConfig{}, &syncer[*policyv1alpha1.MeshConfig]{
 			c: mgr.GetClient(), newObj: func() *policyv1alpha1.MeshConfig { return &policyv1alpha1.MeshConfig{} },
+			newList: func() client.ObjectList { return &policyv1alpha1.MeshConfigList{} },
 			set: func(o *policyv1alpha1.MeshConfig) error {
 				if o.Name != policyv1alpha1.MeshConfigName {
 					return nil
@@ -127,14 +148,29 @@ func Setup(mgr ctrl.Manager, store *meshstate.Store, opts Options) error {
 			},
 		}},
 	}
+	out := &Controllers{}
 	for _, reg := range regs {
+		out.syncers = append(out.syncers, reg.r)
 		err := ctrl.NewControllerManagedBy(mgr).
 			Named(reg.name).
 			For(reg.obj).
 			WithOptions(controller.Options{NeedLeaderElection: ptr.To(false)}).
 			Complete(reg.r)
 		if err != nil {
-			return fmt.Errorf("set up the %s controller: %w", reg.name, err)
+			return nil, fmt.Errorf("set up the %s controller: %w", reg.name, err)
+		}
+	}
+	return out, nil
+}
+
+// Prime lists every watched kind from r (the manager's synced cache) into the store. The
+// control plane serves xDS only after Prime: informers having synced does not mean the
+// reconcilers have drained their queues, and a proxy must never get a model that is half
+// filled (it would drop every service not yet seen).
+func (c *Controllers) Prime(ctx context.Context, r client.Reader) error {
+	for _, s := range c.syncers {
+		if err := s.prime(ctx, r); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -142,10 +178,32 @@ func Setup(mgr ctrl.Manager, store *meshstate.Store, opts Options) error {
 
 // syncer copies one kind into the store: Get, then set on success or del when gone.
 type syncer[T client.Object] struct {
-	c      client.Reader
-	newObj func() T
-	set    func(T) error
-	del    func(meshstate.Key)
+	c       client.Reader
+	newObj  func() T
+	newList func() client.ObjectList
+	set     func(T) error
+	del     func(meshstate.Key)
+}
+
+func (s *syncer[T]) prime(ctx context.Context, r client.Reader) error {
+	list := s.newList()
+	if err := r.List(ctx, list); err != nil {
+		return fmt.Errorf("list %T: %w", list, err)
+	}
+	items, err := meta.ExtractList(list)
+	if err != nil {
+		return fmt.Errorf("read %T: %w", list, err)
+	}
+	for _, item := range items {
+		obj, ok := item.(T)
+		if !ok {
+			return fmt.Errorf("list %T holds %T", list, item)
+		}
+		if err := s.set(obj); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *syncer[T]) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {

@@ -181,7 +181,7 @@ func TestAuthorizationPolicyFillsTheServiceAccountNamespace(t *testing.T) {
 func TestMeshFromAPI(t *testing.T) {
 	mc := &policyv1alpha1.MeshConfig{Spec: policyv1alpha1.MeshConfigSpec{
 		TrustDomain: "example.org",
-		MTLS: policyv1alpha1.MeshMTLS{Mode: "PERMISSIVE", NamespaceOverrides: []policyv1alpha1.NamespaceMTLS{{Namespace: "shop", Mode: "STRICT"}}},
+		MTLS:        policyv1alpha1.MeshMTLS{Mode: "PERMISSIVE", NamespaceOverrides: []policyv1alpha1.NamespaceMTLS{{Namespace: "shop", Mode: "STRICT"}}},
 	}}
 	m := meshFromAPI(mc)
 	if m.ModeFor("shop") != meshstate.MTLSStrict || m.ModeFor("other") != meshstate.MTLSPermissive || m.TrustDomain != "example.org" {

@@ -14,15 +14,11 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	policyv1alpha1 "github.com/trellis-mesh/trellis/api/policy/v1alpha1"
-	splitv1alpha2 "github.com/trellis-mesh/trellis/api/split/v1alpha2"
-	splitv1alpha3 "github.com/trellis-mesh/trellis/api/split/v1alpha3"
-	splitv1alpha4 "github.com/trellis-mesh/trellis/api/split/v1alpha4"
+	"github.com/trellis-mesh/trellis/api/scheme"
 )
 
 // Env is a running apiserver with the CRDs installed.
@@ -38,25 +34,19 @@ func RepoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// Scheme returns a scheme with the Kubernetes built-in kinds and every Trellis API version.
-func Scheme() (*runtime.Scheme, error) {
-	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{
-		clientgoscheme.AddToScheme,
-		policyv1alpha1.AddToScheme,
-		splitv1alpha2.AddToScheme,
-		splitv1alpha3.AddToScheme,
-		splitv1alpha4.AddToScheme,
-	} {
-		if err := add(s); err != nil {
-			return nil, err
-		}
-	}
-	return s, nil
-}
+// Scheme returns the scheme of every Trellis component.
+func Scheme() (*runtime.Scheme, error) { return scheme.New() }
 
 // Start starts an apiserver for the test and stops it when the test ends.
 func Start(t testing.TB) *Env {
+	t.Helper()
+	return StartWith(t, nil)
+}
+
+// StartWith is Start for a test that needs its own apiserver setup: configure, when not nil,
+// is called with the environment just before it starts, e.g. to set apiserver flags with
+// env.ControlPlane.GetAPIServer().Configure().Set(name, value).
+func StartWith(t testing.TB, configure func(env *envtest.Environment)) *Env {
 	t.Helper()
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		msg := "KUBEBUILDER_ASSETS is not set, so there is no kube-apiserver for this test: " +
@@ -74,6 +64,9 @@ func Start(t testing.TB) *Env {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "charts", "trellis", "crds")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme,
+	}
+	if configure != nil {
+		configure(env)
 	}
 	cfg, err := env.Start()
 	if err != nil {

@@ -1,0 +1,95 @@
+package xds
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// Metrics are the xDS server's instruments. Names are listed in docs/metrics.md.
+type Metrics struct {
+	connectedProxies metric.Int64UpDownCounter
+	pushes           metric.Int64Counter
+	refusals         metric.Int64Counter
+	rebuilds         metric.Int64Counter
+	buildErrors      metric.Int64Counter
+	rebuildDuration  metric.Float64Histogram
+	pushLatency      metric.Float64Histogram
+}
+
+// NewMetrics creates the instruments on meter.
+func NewMetrics(meter metric.Meter) (*Metrics, error) {
+	m := &Metrics{}
+	var err error
+	seconds := metric.WithExplicitBucketBoundaries(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+	if m.connectedProxies, err = meter.Int64UpDownCounter("trellis_xds_connected_proxies",
+		metric.WithDescription("Proxies with an open, authorised ADS stream.")); err != nil {
+		return nil, err
+	}
+	if m.pushes, err = meter.Int64Counter("trellis_xds_pushes",
+		metric.WithDescription("xDS responses sent, by resource type.")); err != nil {
+		return nil, err
+	}
+	if m.refusals, err = meter.Int64Counter("trellis_xds_stream_refusals",
+		metric.WithDescription("ADS streams refused, by reason (no client certificate, wrong identity for the node, node changed).")); err != nil {
+		return nil, err
+	}
+	if m.rebuilds, err = meter.Int64Counter("trellis_xds_rebuilds",
+		metric.WithDescription("Translations of the mesh model into snapshots.")); err != nil {
+		return nil, err
+	}
+	if m.buildErrors, err = meter.Int64Counter("trellis_xds_build_errors",
+		metric.WithDescription("Per-proxy builds that failed; the proxy keeps its last configuration.")); err != nil {
+		return nil, err
+	}
+	if m.rebuildDuration, err = meter.Float64Histogram("trellis_xds_rebuild_duration_seconds",
+		metric.WithDescription("Time to translate the model and update every connected proxy's snapshot."),
+		metric.WithUnit("s"), seconds); err != nil {
+		return nil, err
+	}
+	if m.pushLatency, err = meter.Float64Histogram("trellis_xds_push_latency_seconds",
+		metric.WithDescription("Time from the first model change to the snapshots holding it (debounce included)."),
+		metric.WithUnit("s"), seconds); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// NopMetrics records nothing.
+func NopMetrics() *Metrics {
+	m, _ := NewMetrics(noop.NewMeterProvider().Meter(""))
+	return m
+}
+
+func (m *Metrics) connected(ctx context.Context, delta int64) { m.connectedProxies.Add(ctx, delta) }
+
+func (m *Metrics) pushed(ctx context.Context, typeURL string) {
+	m.pushes.Add(ctx, 1, metric.WithAttributes(attribute.String("type", shortType(typeURL))))
+}
+
+func (m *Metrics) refused(ctx context.Context, reason string) {
+	m.refusals.Add(ctx, 1, metric.WithAttributes(attribute.String("reason", reason)))
+}
+
+func (m *Metrics) rebuilt(ctx context.Context, nodes, failed int, took, latency time.Duration) {
+	m.rebuilds.Add(ctx, 1)
+	if failed > 0 {
+		m.buildErrors.Add(ctx, int64(failed))
+	}
+	m.rebuildDuration.Record(ctx, took.Seconds())
+	if nodes > 0 {
+		m.pushLatency.Record(ctx, latency.Seconds())
+	}
+}
+
+func shortType(typeURL string) string {
+	for i := len(typeURL) - 1; i >= 0; i-- {
+		if typeURL[i] == '.' {
+			return typeURL[i+1:]
+		}
+	}
+	return typeURL
+}

@@ -1,0 +1,190 @@
+// Package xdstest is a minimal state-of-the-world ADS client for tests and benchmarks: it
+// subscribes to listeners and clusters, then, as Envoy does, to every route configuration
+// the listeners name and every endpoint assignment the clusters need; it ACKs every
+// response and hands responses to the caller. (In ADS mode the server answers a route or
+// endpoint request only when it names all of them.)
+package xdstest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+)
+
+// Client is one ADS stream.
+type Client struct {
+	stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	node   *core.Node
+	cancel context.CancelFunc
+
+	sendMu sync.Mutex
+	mu     sync.Mutex
+	latest map[string]*discovery.DiscoveryResponse
+	names  map[string][]string
+	wake   chan struct{}
+	err    error
+}
+
+// Dial opens an ADS stream on conn for node.
+func Dial(ctx context.Context, conn grpc.ClientConnInterface, node string) (*Client, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("open ADS stream: %w", err)
+	}
+	c := &Client{
+		stream: stream, node: &core.Node{Id: node}, cancel: cancel,
+		latest: map[string]*discovery.DiscoveryResponse{}, names: map[string][]string{},
+		wake: make(chan struct{}),
+	}
+	go c.recv()
+	return c, nil
+}
+
+// Close ends the stream.
+func (c *Client) Close() { c.cancel() }
+
+// Subscribe asks for typeURL (names empty: all of them).
+func (c *Client) Subscribe(typeURL string, names ...string) error {
+	c.mu.Lock()
+	c.names[typeURL] = names
+	version, nonce := "", ""
+	if r := c.latest[typeURL]; r != nil {
+		version, nonce = r.VersionInfo, r.Nonce
+	}
+	c.mu.Unlock()
+	return c.send(&discovery.DiscoveryRequest{TypeUrl: typeURL, ResourceNames: names, VersionInfo: version, ResponseNonce: nonce})
+}
+
+func (c *Client) send(req *discovery.DiscoveryRequest) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	req.Node = c.node // every request carries the node; the server pins the first
+	return c.stream.Send(req)
+}
+
+func (c *Client) recv() {
+	for {
+		resp, err := c.stream.Recv()
+		c.mu.Lock()
+		if err != nil {
+			c.err = err
+			close(c.wake)
+			c.mu.Unlock()
+			return
+		}
+		c.latest[resp.TypeUrl] = resp
+		names := c.names[resp.TypeUrl]
+		close(c.wake)
+		c.wake = make(chan struct{})
+		c.mu.Unlock()
+		// ACK, then follow the references the response makes.
+		_ = c.send(&discovery.DiscoveryRequest{TypeUrl: resp.TypeUrl, ResourceNames: names, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
+		switch resp.TypeUrl {
+		case resourcev3.ListenerType:
+			c.follow(resourcev3.RouteType, routeNames(resp))
+		case resourcev3.ClusterType:
+			c.follow(resourcev3.EndpointType, edsNames(resp))
+		}
+	}
+}
+
+// follow subscribes to names of typeURL when they differ from the current subscription.
+func (c *Client) follow(typeURL string, names []string) {
+	c.mu.Lock()
+	old, subscribed := c.names[typeURL]
+	c.mu.Unlock()
+	if subscribed && slices.Equal(old, names) {
+		return
+	}
+	_ = c.Subscribe(typeURL, names...)
+}
+
+func routeNames(resp *discovery.DiscoveryResponse) []string {
+	var out []string
+	for _, a := range resp.Resources {
+		l := &listenerv3.Listener{}
+		if a.UnmarshalTo(l) != nil {
+			continue
+		}
+		chains := append([]*listenerv3.FilterChain{l.DefaultFilterChain}, l.FilterChains...)
+		for _, fc := range chains {
+			for _, f := range fc.GetFilters() {
+				hcm := &hcmv3.HttpConnectionManager{}
+				if f.GetTypedConfig().UnmarshalTo(hcm) == nil && hcm.GetRds() != nil {
+					out = append(out, hcm.GetRds().RouteConfigName)
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func edsNames(resp *discovery.DiscoveryResponse) []string {
+	var out []string
+	for _, a := range resp.Resources {
+		cl := &clusterv3.Cluster{}
+		if a.UnmarshalTo(cl) != nil || cl.GetType() != clusterv3.Cluster_EDS {
+			continue
+		}
+		name := cl.GetEdsClusterConfig().GetServiceName()
+		if name == "" {
+			name = cl.Name
+		}
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// SendRaw sends a request as is, node included (to test what the server refuses).
+func (c *Client) SendRaw(req *discovery.DiscoveryRequest) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return c.stream.Send(req)
+}
+
+// Wait returns the latest response of typeURL once ok accepts it, or the stream's error, or
+// an error after timeout.
+func (c *Client) Wait(typeURL string, timeout time.Duration, ok func(*discovery.DiscoveryResponse) bool) (*discovery.DiscoveryResponse, error) {
+	deadline := time.After(timeout)
+	for {
+		c.mu.Lock()
+		resp, err, wake := c.latest[typeURL], c.err, c.wake
+		c.mu.Unlock()
+		if resp != nil && ok(resp) {
+			return resp, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-wake:
+		case <-deadline:
+			version := "none"
+			if resp != nil {
+				version = resp.VersionInfo
+			}
+			return nil, fmt.Errorf("no acceptable %s response within %s (latest version %s)", typeURL, timeout, version)
+		}
+	}
+}
+
+// Err is the stream's error, once it has ended.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
