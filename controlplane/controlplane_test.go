@@ -8,7 +8,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -84,8 +86,8 @@ func TestControlPlane(t *testing.T) {
 
 	opts := controlplane.DefaultOptions()
 	opts.RestConfig = env.Config
-	opts.GRPCAddr, opts.MetricsAddr, opts.HealthAddr = freeAddr(t), "0", freeAddr(t)
-	opts.LeaderElection = false
+	opts.GRPCAddr, opts.MetricsAddr, opts.HealthAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+	opts.LeaderElection = true // the status subtest then also proves the leader-only writer gets its Lease
 	opts.Debounce = 20 * time.Millisecond
 	done := make(chan error, 1)
 	go func() { done <- controlplane.Run(ctx, opts) }()
@@ -200,11 +202,42 @@ func TestControlPlane(t *testing.T) {
 		expectRefused(t, ads, codes.PermissionDenied)
 	})
 
+	t.Run("metrics and readiness are served with the documented names", func(t *testing.T) {
+		if code := httpGet(t, "http://"+opts.HealthAddr+"/readyz"); !strings.HasPrefix(code, "200") {
+			t.Errorf("/readyz: %s", code)
+		}
+		body := httpGet(t, "http://"+opts.MetricsAddr+"/metrics")
+		for _, name := range []string{
+			"trellis_xds_connected_proxies", "trellis_xds_pushes_total", "trellis_xds_stream_refusals_total",
+			"trellis_xds_rebuilds_total", "trellis_xds_rebuild_duration_seconds_bucket",
+			"trellis_xds_push_latency_seconds_bucket", "trellis_ca_certificates_signed_total",
+		} {
+			if !strings.Contains(body, "\n"+name) {
+				t.Errorf("/metrics has no %s (docs/metrics.md lists it)", name)
+			}
+		}
+	})
+
 	t.Run("a stream without a client certificate is refused", func(t *testing.T) {
 		ads := dialADS(t, opts.GRPCAddr, roots, nil, "shop/frontend-1")
 		subscribe(t, ads, resourcev3.ClusterType)
 		expectRefused(t, ads, codes.Unauthenticated)
 	})
+}
+
+// httpGet returns the body, or the status line when it is not 200.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return resp.Status
+	}
+	return "200 " + string(b)
 }
 
 func mustCreate(t *testing.T, c client.Client, obj client.Object) {
