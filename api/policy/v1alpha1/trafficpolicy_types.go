@@ -208,8 +208,9 @@ type OutlierDetection struct {
 	// +kubebuilder:default="30s"
 	BaseEjectionTime *Duration `json:"baseEjectionTime,omitempty"`
 
-	// MaxEjectionPercent is the largest share of the Service's endpoints that may be ejected
-	// at once. At least one endpoint always stays in.
+	// MaxEjectionPercent: an endpoint is ejected only while fewer than this share of the
+	// Service's endpoints are ejected (as in Envoy, so with 10% a 3-endpoint Service can
+	// still eject one); 0 never ejects. At least one endpoint always stays in.
 	// +optional
 	// +kubebuilder:default=10
 	// +kubebuilder:validation:Minimum=0
