@@ -37,6 +37,7 @@ import (
 	"github.com/trellis-mesh/trellis/controlplane/meshstate"
 	"github.com/trellis-mesh/trellis/controlplane/status"
 	"github.com/trellis-mesh/trellis/controlplane/xds"
+	"github.com/trellis-mesh/trellis/injector/webhook"
 )
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
@@ -70,6 +71,10 @@ type Options struct {
 	// ShutdownTimeout bounds the graceful stop of streams and runnables.
 	ShutdownTimeout time.Duration
 
+	// Injector is the sidecar-injection webhook (:15017). Run fills in its namespace,
+	// Service, trust domain and control-plane address from the fields above.
+	Injector webhook.Options
+
 	Logger *slog.Logger
 }
 
@@ -89,6 +94,7 @@ func DefaultOptions() Options {
 		LeaderElection:  true,
 		Debounce:        100 * time.Millisecond,
 		ShutdownTimeout: 15 * time.Second,
+		Injector:        webhook.DefaultOptions(),
 	}
 }
 
@@ -167,6 +173,10 @@ func Run(ctx context.Context, opts Options) error {
 	}, identity.RotatorErrorHandler(func(err error) { log.Error("renew the control plane's serving certificate", "error", err) }))
 	if err != nil {
 		return fmt.Errorf("issue the control plane's serving certificate: %w", err)
+	}
+
+	if err := setupInjector(mgr, opts, td.Name(), selfID.String(), log); err != nil {
+		return err
 	}
 
 	xdsMetrics, err := xds.NewMetrics(meter)
@@ -290,4 +300,25 @@ func (s *serveGRPC) Start(ctx context.Context) error {
 	}
 	<-loopDone
 	return nil
+}
+
+// setupInjector adds the sidecar-injection webhook, pointing injected proxies at this
+// control plane. The identity flag is injected only when it differs from the proxy's default
+// (trellis-system/trellis-controlplane), so that `mesh inject` with its defaults makes the
+// same pod as the webhook.
+func setupInjector(mgr manager.Manager, opts Options, trustDomain, selfID string, log *slog.Logger) error {
+	_, grpcPort, err := net.SplitHostPort(opts.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("--grpc-addr %q: %w", opts.GRPCAddr, err)
+	}
+	inj := opts.Injector
+	inj.Namespace, inj.ServiceName = opts.Namespace, opts.ServiceName
+	inj.Config.TrustDomain = trustDomain
+	inj.Config.ControlPlaneServerName = opts.ServiceName + "." + opts.Namespace + ".svc"
+	inj.Config.ControlPlaneAddr = net.JoinHostPort(inj.Config.ControlPlaneServerName, grpcPort)
+	if opts.Namespace != "trellis-system" || opts.ServiceAccount != "trellis-controlplane" {
+		inj.Config.ControlPlaneIdentity = selfID
+	}
+	inj.Logger = log
+	return webhook.Setup(mgr, inj)
 }

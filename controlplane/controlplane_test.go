@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +90,10 @@ func TestControlPlane(t *testing.T) {
 	opts.GRPCAddr, opts.MetricsAddr, opts.HealthAddr = freeAddr(t), freeAddr(t), freeAddr(t)
 	opts.LeaderElection = true // the status subtest then also proves the leader-only writer gets its Lease
 	opts.Debounce = 20 * time.Millisecond
+	injectorAddr := freeAddr(t)
+	_, injectorPort, _ := net.SplitHostPort(injectorAddr)
+	opts.Injector.Host = "127.0.0.1"
+	opts.Injector.Port, _ = strconv.Atoi(injectorPort)
 	done := make(chan error, 1)
 	go func() { done <- controlplane.Run(ctx, opts) }()
 	t.Cleanup(func() {

@@ -31,6 +31,6 @@ identities), retries, timeouts, circuit breaking and SMI traffic splitting.`,
 		SilenceErrors: false,
 	}
 	opts.Logging.AddFlags(cmd.PersistentFlags())
-	cmd.AddCommand(version.NewCommand("mesh"))
+	cmd.AddCommand(version.NewCommand("mesh"), newInjectCommand())
 	return cmd
 }

@@ -46,6 +46,10 @@ func (o *Options) addRunFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&cp.LeaderElection, "leader-elect", cp.LeaderElection, "elect a leader to write status (every replica serves xDS)")
 	fs.DurationVar(&cp.Debounce, "debounce", cp.Debounce, "quiet time after a change before proxies' configuration is rebuilt")
 	fs.DurationVar(&cp.ShutdownTimeout, "shutdown-timeout", cp.ShutdownTimeout, "how long a stop waits for streams and work to end")
+	fs.IntVar(&cp.Injector.Port, "webhook-port", cp.Injector.Port, "port of the sidecar-injection webhook")
+	fs.StringVar((*string)(&cp.Injector.FailurePolicy), "webhook-failure-policy", string(cp.Injector.FailurePolicy), "what the apiserver does when the webhook cannot be called: Fail (pods wait; never start outside the mesh) or Ignore")
+	fs.BoolVar(&cp.Injector.DetectNativeSidecars, "detect-native-sidecars", cp.Injector.DetectNativeSidecars, "inject regular sidecar containers instead of native sidecars when the cluster is older than Kubernetes 1.29")
+	cp.Injector.Config.AddFlags(fs)
 }
 
 func newRunCommand(opts *Options) *cobra.Command {
