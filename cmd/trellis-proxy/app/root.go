@@ -30,6 +30,7 @@ routing, retry, timeout and authorization configuration it receives from the con
 		SilenceUsage: true,
 	}
 	opts.Logging.AddFlags(cmd.PersistentFlags())
-	cmd.AddCommand(version.NewCommand("trellis-proxy"))
+	cmd.AddCommand(newRunCommand(opts), version.NewCommand("trellis-proxy"))
+	cmd.AddCommand(newInitCommand(opts))
 	return cmd
 }
