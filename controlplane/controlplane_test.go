@@ -36,6 +36,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -128,11 +129,14 @@ func TestControlPlane(t *testing.T) {
 		eds := await(t, ads, resourcev3.EndpointType, endpointsAre("outbound|80||backend-v1.shop.svc.cluster.local", "10.1.0.1"))
 
 		// A weight change arrives as a new route version.
-		if err := c.Get(ctx, client.ObjectKeyFromObject(split), split); err != nil {
-			t.Fatal(err)
-		}
-		split.Spec.Backends[0].Weight, split.Spec.Backends[1].Weight = 50, 50
-		if err := c.Update(ctx, split); err != nil {
+		// The status writer updates the same object, so a read-modify-write can conflict.
+		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := c.Get(ctx, client.ObjectKeyFromObject(split), split); err != nil {
+				return err
+			}
+			split.Spec.Backends[0].Weight, split.Spec.Backends[1].Weight = 50, 50
+			return c.Update(ctx, split)
+		}); err != nil {
 			t.Fatal(err)
 		}
 		second := await(t, ads, resourcev3.RouteType, weightsAre(map[string]uint32{
@@ -144,11 +148,13 @@ func TestControlPlane(t *testing.T) {
 
 		// An endpoint removal arrives as a new endpoints version.
 		es := &discoveryv1.EndpointSlice{}
-		if err := c.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "backend-v1-abc"}, es); err != nil {
-			t.Fatal(err)
-		}
-		es.Endpoints = nil
-		if err := c.Update(ctx, es); err != nil {
+		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := c.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "backend-v1-abc"}, es); err != nil {
+				return err
+			}
+			es.Endpoints = nil
+			return c.Update(ctx, es)
+		}); err != nil {
 			t.Fatal(err)
 		}
 		emptied := await(t, ads, resourcev3.EndpointType, endpointsAre("outbound|80||backend-v1.shop.svc.cluster.local"))

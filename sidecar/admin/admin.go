@@ -2,7 +2,8 @@
 //
 //   - the admin API on 127.0.0.1:15000 (loopback only: it shows the configuration and can
 //     stop the proxy): /ready, /config_dump, /clusters, /certs, /xds, /drain, /quitquitquit;
-//   - the status port :15020 for the kubelet: /healthz/ready, and /metrics.
+//   - the status port :15020 for the kubelet: /healthz/ready, the app's rewritten probes
+//     (/app-health/...), and /metrics.
 package admin
 
 import (
@@ -50,10 +51,15 @@ func Handler(s State, log *slog.Logger) http.Handler {
 	return mux
 }
 
-// StatusHandler returns the mux of the status port: readiness for the kubelet and metrics.
-func StatusHandler(s State, metrics http.Handler) http.Handler {
+// StatusHandler returns the mux of the status port: readiness for the kubelet, the app's
+// rewritten probes under /app-health/ (see docs/injection.md), and metrics. Nil handlers are
+// not served.
+func StatusHandler(s State, appHealth, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) { ready(w, s) })
+	if appHealth != nil {
+		mux.Handle("GET /app-health/", appHealth)
+	}
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}

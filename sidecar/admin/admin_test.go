@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -29,7 +30,9 @@ func TestAdmin(t *testing.T) {
 	}
 	srv := httptest.NewServer(Handler(s, slog.New(slog.DiscardHandler)))
 	defer srv.Close()
-	status := httptest.NewServer(StatusHandler(s, nil))
+	status := httptest.NewServer(StatusHandler(s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "app probe "+r.URL.Path)
+	}), nil))
 	defer status.Close()
 
 	get := func(base, path string) (int, string) {
@@ -53,6 +56,8 @@ func TestAdmin(t *testing.T) {
 		{"certs show the identity", srv.URL, "/certs", 200, "spiffe://cluster.local/ns/shop/sa/web"},
 		{"a page with no source is not found", srv.URL, "/xds", 404, "not available"},
 		{"a GET cannot drain the proxy", srv.URL, "/drain", 405, ""},
+		{"the app's rewritten probes are served on the status port", status.URL, "/app-health/api/livez", 200, "app probe /app-health/api/livez"},
+		{"the admin API is not on the status port", status.URL, "/config_dump", 404, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, body := get(tc.base, tc.path)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/sidecar/admin"
 	"github.com/trellis-mesh/trellis/sidecar/config"
+	"github.com/trellis-mesh/trellis/sidecar/probes"
 	"github.com/trellis-mesh/trellis/sidecar/proxy"
 	"github.com/trellis-mesh/trellis/sidecar/redirect"
 	"github.com/trellis-mesh/trellis/sidecar/svid"
@@ -45,6 +46,9 @@ type Options struct {
 	OutboundAddr, InboundAddr, AdminAddr, StatusAddr string
 	// DrainDuration is how long in-flight requests may finish after SIGTERM or /drain.
 	DrainDuration time.Duration
+	// AppProbes is the app's original probes, as the injector wrote them
+	// (TRELLIS_APP_PROBES); the status port runs them for the kubelet.
+	AppProbes string
 
 	Logger *slog.Logger
 }
@@ -95,6 +99,10 @@ func Run(ctx context.Context, o Options) error {
 	id, cpID, err := o.validate()
 	if err != nil {
 		return err
+	}
+	appProbes, err := probes.Parse(o.AppProbes)
+	if err != nil {
+		return fmt.Errorf("TRELLIS_APP_PROBES: %w", err)
 	}
 	node := o.PodNamespace + "/" + o.PodName
 	log = log.With("node", node)
@@ -198,7 +206,7 @@ func Run(ctx context.Context, o Options) error {
 	goRun("outbound", func() error { return px.ServeOutbound(outL) })
 	goRun("inbound", func() error { return px.ServeInbound(inL) })
 	adminSrv := &http.Server{Addr: o.AdminAddr, Handler: admin.Handler(state, log), ReadHeaderTimeout: 5 * time.Second}
-	statusSrv := &http.Server{Addr: o.StatusAddr, Handler: admin.StatusHandler(state, nil), ReadHeaderTimeout: 5 * time.Second}
+	statusSrv := &http.Server{Addr: o.StatusAddr, Handler: admin.StatusHandler(state, probes.Handler(appProbes, dialer.DialContext), nil), ReadHeaderTimeout: 5 * time.Second}
 	for name, srv := range map[string]*http.Server{"admin": adminSrv, "status": statusSrv} {
 		goRun(name, func() error {
 			if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {

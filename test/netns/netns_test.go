@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -88,7 +89,15 @@ func TestMeshedPodsTalkThroughTheirSidecars(t *testing.T) {
 		if out, err := runToEnd(t, pod.ns, 30*time.Second, nil, proxyBin, "init"); err != nil {
 			t.Fatalf("trellis-proxy init in %s: %v\n%s", pod.ns, err, out)
 		}
-		start(t, "trellis-proxy "+pod.name, pod.ns, 1337, nil, proxyBin, "run",
+		var env []string
+		if pod.sa == "backend" {
+			// The app's probes as the injector passes them (docs/injection.md).
+			env = []string{`TRELLIS_APP_PROBES={` +
+				`"/app-health/app/readyz": {"httpGet": {"path": "/", "port": 8080, "scheme": "HTTP"}, "timeoutSeconds": 2},` +
+				`"/app-health/app/livez": {"tcpSocket": {"port": 2525}, "timeoutSeconds": 2},` +
+				`"/app-health/app/startupz": {"tcpSocket": {"port": 9999}, "timeoutSeconds": 1}}`}
+		}
+		start(t, "trellis-proxy "+pod.name, pod.ns, 1337, env, proxyBin, "run",
 			"--pod-name", pod.name, "--pod-namespace", "shop", "--service-account", pod.sa,
 			"--control-plane-addr", cpAddr, "--token-path", token, "--root-cert-path", rootCert,
 			"--drain-duration", "1s", "--log-level", "debug")
@@ -120,6 +129,26 @@ func TestMeshedPodsTalkThroughTheirSidecars(t *testing.T) {
 		}
 		if strings.Contains(out, "hello from the server") {
 			t.Fatalf("the app answered plaintext: %s", out)
+		}
+	})
+
+	t.Run("the kubelet's rewritten probes reach the app through the proxy while the pod is STRICT", func(t *testing.T) {
+		// The kubelet probes from the node: here, the test process on the bridge.
+		client := &http.Client{Timeout: 10 * time.Second}
+		for path, want := range map[string]int{
+			"/app-health/app/readyz":   http.StatusOK,                 // HTTP probe of the app on 8080
+			"/app-health/app/livez":    http.StatusOK,                 // TCP probe of 2525
+			"/app-health/app/startupz": http.StatusServiceUnavailable, // nothing listens on 9999
+			"/app-health/other/readyz": http.StatusNotFound,
+		} {
+			resp, err := client.Get("http://" + netip.AddrPortFrom(serverIP, 15020).String() + path)
+			if err != nil {
+				t.Fatalf("GET %s: %v", path, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("GET %s = %d, want %d", path, resp.StatusCode, want)
+			}
 		}
 	})
 

@@ -16,6 +16,7 @@ func runOptions() agent.Options {
 	o.PodName = os.Getenv("POD_NAME")
 	o.PodNamespace = os.Getenv("POD_NAMESPACE")
 	o.ServiceAccount = os.Getenv("SERVICE_ACCOUNT")
+	o.AppProbes = os.Getenv("TRELLIS_APP_PROBES") // the injector fills it from trellis.dev/original-probes
 	if td := os.Getenv("TRELLIS_TRUST_DOMAIN"); td != "" {
 		o.TrustDomain = td
 	}
