@@ -131,7 +131,14 @@ func TestBundlePublisher(t *testing.T) {
 			t.Fatal(err)
 		}
 		setLabels("legacy", enabled)
-		_, err := publisher.Reconcile(testContext(t), reconcile.Request{NamespacedName: types.NamespacedName{Name: "legacy"}})
+		// The publisher reads through the manager's cache, which sees the new label a little
+		// later: reconcile until it does (a nil error means it still saw no label).
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if _, err = publisher.Reconcile(testContext(t), reconcile.Request{NamespacedName: types.NamespacedName{Name: "legacy"}}); err != nil {
+				break
+			}
+		}
 		if err == nil || !strings.Contains(err.Error(), "was not created by Trellis") || !errors.Is(err, reconcile.TerminalError(nil)) {
 			t.Errorf("Reconcile error = %v, want a terminal error saying the ConfigMap is not Trellis's", err)
 		}
