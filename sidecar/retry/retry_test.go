@@ -146,13 +146,13 @@ func requests(b *Budget, n int) {
 }
 
 func TestBudget(t *testing.T) {
-	tenSeconds := 10 * time.Second
+	window := 10 * time.Second
 	for _, tc := range []struct {
 		name   string
 		budget *config.RetryBudget
 		run    func(t *testing.T, b *Budget, clk *fakeClock)
 	}{
-		{"at 20% and min 0, 100 requests allow 20 retries then refuse", &config.RetryBudget{Percent: 20, Window: tenSeconds}, func(t *testing.T, b *Budget, _ *fakeClock) {
+		{"at 20% and min 0, 100 requests allow 20 retries then refuse", &config.RetryBudget{Percent: 20, Window: window}, func(t *testing.T, b *Budget, _ *fakeClock) {
 			requests(b, 100)
 			if got := retries(b, 30); got != 20 {
 				t.Errorf("%d of 30 retries allowed, want 20", got)
@@ -164,7 +164,7 @@ func TestBudget(t *testing.T) {
 				t.Errorf("Counts() = %d, %d; want 100, 20 (refused retries are not counted)", req, ret)
 			}
 		}},
-		{"more requests make room for more retries", &config.RetryBudget{Percent: 20, Window: tenSeconds}, func(t *testing.T, b *Budget, _ *fakeClock) {
+		{"more requests make room for more retries", &config.RetryBudget{Percent: 20, Window: window}, func(t *testing.T, b *Budget, _ *fakeClock) {
 			requests(b, 100)
 			retries(b, 20)
 			requests(b, 10)
@@ -172,29 +172,29 @@ func TestBudget(t *testing.T) {
 				t.Errorf("%d of 5 retries allowed after 10 more requests, want 2", got)
 			}
 		}},
-		{"without requests and min 0 no retry is allowed", &config.RetryBudget{Percent: 20, Window: tenSeconds}, func(t *testing.T, b *Budget, _ *fakeClock) {
+		{"without requests and min 0 no retry is allowed", &config.RetryBudget{Percent: 20, Window: window}, func(t *testing.T, b *Budget, _ *fakeClock) {
 			if b.Retry() {
 				t.Error("a retry was allowed with no request and no floor")
 			}
 		}},
-		{"the min per second floor allows retries without requests", &config.RetryBudget{Percent: 20, MinPerSecond: 2, Window: tenSeconds}, func(t *testing.T, b *Budget, _ *fakeClock) {
+		{"the min per second floor allows retries without requests", &config.RetryBudget{Percent: 20, MinPerSecond: 2, Window: window}, func(t *testing.T, b *Budget, _ *fakeClock) {
 			if got := retries(b, 30); got != 20 {
 				t.Errorf("%d of 30 retries allowed, want 2/s × 10s = 20", got)
 			}
 		}},
-		{"the floor adds to the percentage", &config.RetryBudget{Percent: 10, MinPerSecond: 1, Window: tenSeconds}, func(t *testing.T, b *Budget, _ *fakeClock) {
+		{"the floor adds to the percentage", &config.RetryBudget{Percent: 10, MinPerSecond: 1, Window: window}, func(t *testing.T, b *Budget, _ *fakeClock) {
 			requests(b, 50)
 			if got := retries(b, 30); got != 15 {
 				t.Errorf("%d of 30 retries allowed, want 10%% × 50 + 1/s × 10s = 15", got)
 			}
 		}},
-		{"a fractional limit is allowed up to below it", &config.RetryBudget{Percent: 25, Window: tenSeconds}, func(t *testing.T, b *Budget, _ *fakeClock) {
+		{"a fractional limit is allowed up to below it", &config.RetryBudget{Percent: 25, Window: window}, func(t *testing.T, b *Budget, _ *fakeClock) {
 			requests(b, 10)
 			if got := retries(b, 5); got != 3 {
 				t.Errorf("%d of 5 retries allowed, want 3 (retries < 2.5)", got)
 			}
 		}},
-		{"the window slides and forgets old counts", &config.RetryBudget{Percent: 20, Window: tenSeconds}, func(t *testing.T, b *Budget, clk *fakeClock) {
+		{"the window slides and forgets old counts", &config.RetryBudget{Percent: 20, Window: window}, func(t *testing.T, b *Budget, clk *fakeClock) {
 			requests(b, 100)
 			if got := retries(b, 20); got != 20 {
 				t.Fatalf("%d of 20 retries allowed, want 20", got)
@@ -225,7 +225,7 @@ func TestBudget(t *testing.T) {
 				t.Errorf("%d of 5 retries allowed with a fresh window of 10 requests, want 2", got)
 			}
 		}},
-		{"a count leaves the window between 0.9 and 1 window later", &config.RetryBudget{Percent: 100, Window: tenSeconds}, func(t *testing.T, b *Budget, clk *fakeClock) {
+		{"a count leaves the window between 0.9 and 1 window later", &config.RetryBudget{Percent: 100, Window: window}, func(t *testing.T, b *Budget, clk *fakeClock) {
 			clk.advance(500 * time.Millisecond) // mid-bucket
 			requests(b, 10)
 			clk.advance(9 * time.Second) // 9.5s later: still counted
@@ -237,10 +237,10 @@ func TestBudget(t *testing.T) {
 				t.Errorf("requests = %d a window later, want 0", req)
 			}
 		}},
-		{"a bucket reused after many windows starts from zero", &config.RetryBudget{Percent: 20, Window: tenSeconds}, func(t *testing.T, b *Budget, clk *fakeClock) {
+		{"a bucket reused after many windows starts from zero", &config.RetryBudget{Percent: 20, Window: window}, func(t *testing.T, b *Budget, clk *fakeClock) {
 			requests(b, 100)
 			retries(b, 20)
-			clk.advance(10 * tenSeconds) // same bucket index, ten windows on
+			clk.advance(10 * window) // same bucket index, ten windows on
 			requests(b, 5)
 			if req, ret := b.Counts(); req != 5 || ret != 0 {
 				t.Errorf("Counts() = %d, %d; want 5, 0", req, ret)
@@ -251,7 +251,7 @@ func TestBudget(t *testing.T) {
 				t.Errorf("%d of 20 retries allowed, want 1/s × 10s = 10", got)
 			}
 		}},
-		{"a clock that steps back keeps every count in the window", &config.RetryBudget{Percent: 20, Window: tenSeconds}, func(t *testing.T, b *Budget, clk *fakeClock) {
+		{"a clock that steps back keeps every count in the window", &config.RetryBudget{Percent: 20, Window: window}, func(t *testing.T, b *Budget, clk *fakeClock) {
 			clk.advance(3 * time.Second)
 			requests(b, 50)
 			clk.advance(-2 * time.Second)

@@ -101,6 +101,7 @@ func TestConvertRefusesContractViolations(t *testing.T) {
 			findCluster(t, r, webCluster).CircuitBreakers.Thresholds[0].MaxRequests = wrapperspb.UInt32(0)
 		}, resourcev3.ClusterType, webCluster, "max_requests 0"},
 		{"endpoints from another source than ADS are refused", "http-service", func(t *testing.T, r *translate.Resources) {
+			//lint:ignore SA1019 a deprecated source is exactly what the client must refuse
 			findCluster(t, r, webCluster).EdsClusterConfig.EdsConfig = &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Path{Path: "/etc/eds.yaml"}}
 		}, resourcev3.ClusterType, webCluster, "ads"},
 		{"an upstream SAN that is not an exact URI is refused", "http-service", func(t *testing.T, r *translate.Resources) {
@@ -239,6 +240,7 @@ func TestConvertReadsEnvoySemantics(t *testing.T) {
 		}},
 		{"fields the contract does not list and that change nothing are ignored", "http-service", func(t *testing.T, r *translate.Resources) {
 			findListener(t, r, webListener).PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
+			//lint:ignore SA1019 an unused legacy field must be ignored, not refused
 			findCluster(t, r, webCluster).DnsRefreshRate = durationpb.New(time.Minute)
 			editFilter(t, findListener(t, r, webListener).FilterChains[0].Filters[0], &hcmv3.HttpConnectionManager{}, func(m *hcmv3.HttpConnectionManager) { m.ServerName = "trellis" })
 		}, func(t *testing.T, cfg *config.Config) {

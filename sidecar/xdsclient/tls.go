@@ -107,6 +107,7 @@ func commonTLS(c *tlsv3.CommonTlsContext) ([]string, error) {
 	if vc.GetTrustedCa() != nil || vc.GetCaCertificateProviderInstance() != nil || vc.GetSystemRootCerts() != nil || vc.GetCustomValidatorConfig() != nil {
 		return nil, errors.New("default_validation_context: trust comes from the mesh root only (no trusted_ca, providers or custom validators)")
 	}
+	//lint:ignore SA1019 the deprecated matcher is read only to refuse it: ignoring it would accept any mesh peer (fail open)
 	if len(vc.GetMatchSubjectAltNames()) > 0 || len(vc.GetVerifyCertificateSpki()) > 0 || len(vc.GetVerifyCertificateHash()) > 0 {
 		return nil, errors.New("default_validation_context: peers are matched by match_typed_subject_alt_names only (URI, exact)")
 	}
