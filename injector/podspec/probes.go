@@ -6,74 +6,41 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	probes "github.com/trellis-mesh/trellis/api/appprobes"
 )
 
-// AppHealthPrefix is where the proxy's status port serves rewritten application probes:
-// AppHealthPrefix + "<container>/<livez|readyz|startupz>".
-const AppHealthPrefix = "/app-health/"
-
-// The probe kinds, the last segment of a rewritten probe's path.
+// The probe contract between the injector and the proxy (docs/injection.md) has one
+// definition, api/appprobes, free of Kubernetes types: the injector writes exactly the types
+// the proxy reads.
 const (
-	LivenessProbe  = "livez"
-	ReadinessProbe = "readyz"
-	StartupProbe   = "startupz"
+	// AppHealthPrefix is where the proxy's status port serves rewritten application probes:
+	// AppHealthPrefix + "<container>/<livez|readyz|startupz>".
+	AppHealthPrefix = probes.PathPrefix
+	LivenessProbe   = probes.Liveness
+	ReadinessProbe  = probes.Readiness
+	StartupProbe    = probes.Startup
+	// AppProbesEnv carries the trellis.dev/original-probes annotation to the proxy (through
+	// the downward API), so that it needs no access to the Kubernetes API.
+	AppProbesEnv = probes.EnvVar
 )
-
-// AppProbesEnv is the proxy's environment variable that carries the
-// trellis.dev/original-probes annotation (through the downward API), so that the proxy
-// needs no access to the Kubernetes API to learn the probes it must run.
-const AppProbesEnv = "TRELLIS_APP_PROBES"
 
 // AppProbes is the JSON of the trellis.dev/original-probes annotation: for each rewritten
-// probe's path on the status port (AppHealthPath), the probe the proxy must run against
-// the application. It holds no Kubernetes types, so that the sidecar, which imports
-// nothing from k8s.io, can declare the same structure. docs/injection.md is the contract.
+// probe's path on the status port, the probe the proxy must run against the application.
+// Named ports are already resolved to numbers, and Kubernetes's defaults are filled in.
 type AppProbes map[string]AppProbe
 
-// AppProbe is one original probe. Exactly one of HTTPGet, TCPSocket and GRPC is set.
-// Named ports are already resolved to numbers, and Kubernetes's defaults are filled in.
-type AppProbe struct {
-	HTTPGet   *HTTPGetProbe   `json:"httpGet,omitempty"`
-	TCPSocket *TCPSocketProbe `json:"tcpSocket,omitempty"`
-	GRPC      *GRPCProbe      `json:"grpc,omitempty"`
-	// TimeoutSeconds bounds the proxy's call to the application (Kubernetes's default, 1,
-	// when the probe had none).
-	TimeoutSeconds int32 `json:"timeoutSeconds"`
-}
-
-// HTTPGetProbe is an HTTP GET; 200-399 is a success, as for the kubelet.
-type HTTPGetProbe struct {
-	Path string `json:"path"`
-	Port int32  `json:"port"`
-	// Host, when set, is dialled instead of 127.0.0.1.
-	Host string `json:"host,omitempty"`
-	// Scheme is HTTP or HTTPS (HTTPS does not verify the certificate, as the kubelet).
-	Scheme  string       `json:"scheme"`
-	Headers []HTTPHeader `json:"httpHeaders,omitempty"`
-}
-
-// HTTPHeader is a request header of an HTTP probe.
-type HTTPHeader struct {
-	Name  string `json:"name"`
-	Value string `json:"value"`
-}
-
-// TCPSocketProbe succeeds when a TCP connection opens.
-type TCPSocketProbe struct {
-	Port int32  `json:"port"`
-	Host string `json:"host,omitempty"`
-}
-
-// GRPCProbe calls grpc.health.v1.Health/Check (plaintext) and succeeds on SERVING.
-type GRPCProbe struct {
-	Port    int32  `json:"port"`
-	Service string `json:"service,omitempty"`
-}
+// The probe types are the contract's.
+type (
+	AppProbe       = probes.Probe
+	HTTPGetProbe   = probes.HTTPGetAction
+	HTTPHeader     = probes.HTTPHeader
+	TCPSocketProbe = probes.TCPSocketAction
+	GRPCProbe      = probes.GRPCAction
+)
 
 // AppHealthPath is the status-port path of a container's rewritten probe of one kind.
-func AppHealthPath(container, kind string) string {
-	return AppHealthPrefix + container + "/" + kind
-}
+func AppHealthPath(container, kind string) string { return probes.Path(container, kind) }
 
 // ParseAppProbes reads a trellis.dev/original-probes annotation.
 func ParseAppProbes(s string) (AppProbes, error) {

@@ -215,7 +215,7 @@ func TestHTTPProbes(t *testing.T) {
 		{
 			name: "the probe's headers are sent, with the kubelet's defaults",
 			probe: Probe{HTTPGet: &HTTPGetAction{Path: "/ok", Port: port, Headers: []HTTPHeader{
-				{"X-Probe", "kubelet"}, {"X-Probe", "twice"}, {"Host", "health.example"},
+				{Name: "X-Probe", Value: "kubelet"}, {Name: "X-Probe", Value: "twice"}, {Name: "Host", Value: "health.example"},
 			}}},
 			code: 200,
 			check: func(t *testing.T) {
@@ -237,7 +237,7 @@ func TestHTTPProbes(t *testing.T) {
 		{
 			name: "the probe's User-Agent and an empty Accept replace the defaults",
 			probe: Probe{HTTPGet: &HTTPGetAction{Path: "/query?full=1", Port: port, Headers: []HTTPHeader{
-				{"User-Agent", "my-checker"}, {"Accept", ""},
+				{Name: "User-Agent", Value: "my-checker"}, {Name: "Accept", Value: ""},
 			}}},
 			code: 200,
 			check: func(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/trellis-mesh/trellis/injector/podspec"
 )
 
 // contractExample is the example of docs/injection.md.
@@ -35,7 +34,7 @@ func TestParseReadsTheContract(t *testing.T) {
 		want            Probe
 	}{
 		{"an HTTP probe keeps its path, port, scheme and headers", "api", Liveness, Probe{
-			HTTPGet:        &HTTPGetAction{Path: "/healthz", Port: 8080, Scheme: "HTTP", Headers: []HTTPHeader{{"X-Probe", "kubelet"}}},
+			HTTPGet:        &HTTPGetAction{Path: "/healthz", Port: 8080, Scheme: "HTTP", Headers: []HTTPHeader{{Name: "X-Probe", Value: "kubelet"}}},
 			TimeoutSeconds: 1,
 		}},
 		{"a TCP probe keeps its port and timeout", "api", Readiness, Probe{TCPSocket: &TCPSocketAction{Port: 8080}, TimeoutSeconds: 2}},
@@ -152,61 +151,6 @@ func TestParseAcceptsHostsTheKubeletDials(t *testing.T) {
 		if _, err := Parse(in); err != nil {
 			t.Errorf("host %q: %v", host, err)
 		}
-	}
-}
-
-// TestTheJSONTypesAreTheInjectors proves, field by field, that the types declared here
-// read everything podspec.AppProbes writes, and write what it reads.
-func TestTheJSONTypesAreTheInjectors(t *testing.T) {
-	theirs := podspec.AppProbes{
-		podspec.AppHealthPath("api", podspec.LivenessProbe): {
-			HTTPGet: &podspec.HTTPGetProbe{Path: "/healthz?full=1", Port: 8080, Host: "10.0.0.7", Scheme: "HTTPS",
-				Headers: []podspec.HTTPHeader{{Name: "X-Probe", Value: "kubelet"}, {Name: "X-Probe", Value: "again"}}},
-			TimeoutSeconds: 3,
-		},
-		podspec.AppHealthPath("api", podspec.ReadinessProbe): {TCPSocket: &podspec.TCPSocketProbe{Port: 8081, Host: "localhost"}, TimeoutSeconds: 2},
-		podspec.AppHealthPath("api", podspec.StartupProbe):   {GRPC: &podspec.GRPCProbe{Port: 9090, Service: "api.v1.Health"}, TimeoutSeconds: 1},
-	}
-	theirJSON, err := json.Marshal(theirs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ours map[string]Probe
-	if err := json.Unmarshal(theirJSON, &ours); err != nil {
-		t.Fatal(err)
-	}
-	ourJSON, err := json.Marshal(ours)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !sameJSON(t, theirJSON, ourJSON) {
-		t.Errorf("the injector's JSON does not survive these types:\ninjector: %s\nsidecar:  %s", theirJSON, ourJSON)
-	}
-	var back podspec.AppProbes
-	if err := json.Unmarshal(ourJSON, &back); err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(back, theirs) {
-		t.Errorf("the injector reads these types' JSON differently:\n got %+v\nwant %+v", back, theirs)
-	}
-	p, err := Parse(string(theirJSON))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for path, want := range theirs {
-		container, kind := splitPath(t, path)
-		got, ok := p.Get(container, kind)
-		if !ok {
-			t.Errorf("%s: not parsed", path)
-			continue
-		}
-		if !sameJSON(t, []byte(jsonOf(t, want)), []byte(jsonOf(t, got))) {
-			t.Errorf("%s: parsed as %s, want %s", path, jsonOf(t, got), jsonOf(t, want))
-		}
-	}
-	if EnvVar != podspec.AppProbesEnv || PathPrefix != podspec.AppHealthPrefix ||
-		Liveness != podspec.LivenessProbe || Readiness != podspec.ReadinessProbe || Startup != podspec.StartupProbe {
-		t.Error("the names of the contract differ from the injector's")
 	}
 }
 

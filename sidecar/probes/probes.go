@@ -8,8 +8,7 @@
 // probe against the application on loopback (or the probe's host when it has one) and
 // answering as the kubelet would have judged the result.
 //
-// The JSON types are declared here again, not imported: the sidecar imports nothing from
-// k8s.io, and nothing from the injector. A test proves they read what the injector writes.
+// The JSON types are the contract's, in api/appprobes, which the injector writes with.
 //
 // Where this differs from the kubelet, on purpose:
 //
@@ -40,80 +39,37 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/trellis-mesh/trellis/api/appprobes"
 )
 
-// EnvVar is the environment variable that carries the original probes (filled by the
-// kubelet from the trellis.dev/original-probes annotation through the downward API).
-const EnvVar = "TRELLIS_APP_PROBES"
-
-// PathPrefix is where the status port serves the rewritten probes:
-// PathPrefix + "<container>/<kind>".
-const PathPrefix = "/app-health/"
-
-// The probe kinds, the last segment of a rewritten probe's path.
+// The contract's names and types (api/appprobes), re-exported for the proxy's code.
 const (
-	Liveness  = "livez"
-	Readiness = "readyz"
-	Startup   = "startupz"
+	EnvVar                = appprobes.EnvVar
+	PathPrefix            = appprobes.PathPrefix
+	Liveness              = appprobes.Liveness
+	Readiness             = appprobes.Readiness
+	Startup               = appprobes.Startup
+	SchemeHTTP            = appprobes.SchemeHTTP
+	SchemeHTTPS           = appprobes.SchemeHTTPS
+	DefaultTimeoutSeconds = appprobes.DefaultTimeoutSeconds
 )
 
-// The HTTP schemes of an HTTP probe.
-const (
-	SchemeHTTP  = "HTTP"
-	SchemeHTTPS = "HTTPS"
+// The probe types.
+type (
+	Probe           = appprobes.Probe
+	HTTPGetAction   = appprobes.HTTPGetAction
+	HTTPHeader      = appprobes.HTTPHeader
+	TCPSocketAction = appprobes.TCPSocketAction
+	GRPCAction      = appprobes.GRPCAction
 )
 
-// DefaultTimeoutSeconds is the kubelet's default timeoutSeconds, used when a probe has none.
-const DefaultTimeoutSeconds = 1
+// Path is the status-port path of a container's rewritten probe of one kind.
+func Path(container, kind string) string { return appprobes.Path(container, kind) }
 
 // maxInput bounds TRELLIS_APP_PROBES. The annotation it comes from is at most 256 KiB (all
 // of a pod's annotations together); anything much larger was not written by the injector.
 const maxInput = 1 << 20
-
-// Probe is one original probe: exactly one of HTTPGet, TCPSocket and GRPC is set.
-// Its JSON is the contract's (podspec.AppProbe on the injector's side).
-type Probe struct {
-	HTTPGet   *HTTPGetAction   `json:"httpGet,omitempty"`
-	TCPSocket *TCPSocketAction `json:"tcpSocket,omitempty"`
-	GRPC      *GRPCAction      `json:"grpc,omitempty"`
-	// TimeoutSeconds bounds the probe; 0 (absent) means DefaultTimeoutSeconds.
-	TimeoutSeconds int32 `json:"timeoutSeconds"`
-}
-
-// HTTPGetAction is an HTTP GET; 200-399 is a success, as for the kubelet.
-type HTTPGetAction struct {
-	// Path is the request's path, and may carry a query; "" means "/".
-	Path string `json:"path"`
-	Port int32  `json:"port"`
-	// Host, when set, is dialled instead of 127.0.0.1.
-	Host string `json:"host,omitempty"`
-	// Scheme is HTTP or HTTPS ("" means HTTP); HTTPS does not verify the certificate, as
-	// the kubelet.
-	Scheme string `json:"scheme"`
-	// Headers are sent in order; a Host header sets the request's host.
-	Headers []HTTPHeader `json:"httpHeaders,omitempty"`
-}
-
-// HTTPHeader is a request header of an HTTP probe.
-type HTTPHeader struct {
-	Name  string `json:"name"`
-	Value string `json:"value"`
-}
-
-// TCPSocketAction succeeds when a TCP connection opens.
-type TCPSocketAction struct {
-	Port int32 `json:"port"`
-	// Host, when set, is dialled instead of 127.0.0.1.
-	Host string `json:"host,omitempty"`
-}
-
-// GRPCAction calls grpc.health.v1.Health/Check in plaintext on 127.0.0.1 and succeeds
-// on SERVING.
-type GRPCAction struct {
-	Port int32 `json:"port"`
-	// Service is the service name of the health check ("" is the server as a whole).
-	Service string `json:"service,omitempty"`
-}
 
 // Probes is the parsed TRELLIS_APP_PROBES: the probe to run for each rewritten path.
 // It is immutable; the zero value and nil hold no probes.
@@ -128,11 +84,6 @@ type entry struct {
 	addr    string        // host:port to dial
 	url     string        // HTTP only
 	header  http.Header   // HTTP only
-}
-
-// Path is the status-port path of a container's rewritten probe of one kind.
-func Path(container, kind string) string {
-	return PathPrefix + container + "/" + kind
 }
 
 // Parse reads the value of TRELLIS_APP_PROBES. An empty value (the variable is absent
@@ -203,7 +154,7 @@ func (p *Probes) Get(container, kind string) (Probe, bool) {
 	if e == nil {
 		return Probe{}, false
 	}
-	return e.probe.clone(), true
+	return cloneProbe(e.probe), true
 }
 
 func (p *Probes) lookup(path string) *entry {
@@ -213,7 +164,8 @@ func (p *Probes) lookup(path string) *entry {
 	return p.byPath[path]
 }
 
-func (p Probe) clone() Probe {
+// cloneProbe deep-copies a probe, so that callers never share its slices and pointers.
+func cloneProbe(p Probe) Probe {
 	if p.HTTPGet != nil {
 		h := *p.HTTPGet
 		h.Headers = append([]HTTPHeader(nil), h.Headers...)
@@ -254,7 +206,7 @@ func check(path string, p *Probe) (*entry, error) {
 	if p.TimeoutSeconds < 0 {
 		return nil, fmt.Errorf("timeoutSeconds %d is negative", p.TimeoutSeconds)
 	}
-	e := &entry{probe: p.clone()}
+	e := &entry{probe: cloneProbe(*p)}
 	if e.probe.TimeoutSeconds == 0 {
 		e.probe.TimeoutSeconds = DefaultTimeoutSeconds
 	}
