@@ -27,6 +27,7 @@ import (
 	"github.com/trellis-mesh/trellis/sidecar/proxy"
 	"github.com/trellis-mesh/trellis/sidecar/redirect"
 	"github.com/trellis-mesh/trellis/sidecar/svid"
+	"github.com/trellis-mesh/trellis/sidecar/telemetry"
 	"github.com/trellis-mesh/trellis/sidecar/xdsclient"
 )
 
@@ -117,8 +118,13 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	tel, err := telemetry.New()
+	if err != nil {
+		return err
+	}
 	var current atomic.Pointer[config.Config]
 	px := proxy.New(proxy.Options{
+		Observer:            tel,
 		Config:              current.Load,
 		TLS:                 certs,
 		TrustDomain:         id.TrustDomain(),
@@ -206,7 +212,7 @@ func Run(ctx context.Context, o Options) error {
 	goRun("outbound", func() error { return px.ServeOutbound(outL) })
 	goRun("inbound", func() error { return px.ServeInbound(inL) })
 	adminSrv := &http.Server{Addr: o.AdminAddr, Handler: admin.Handler(state, log), ReadHeaderTimeout: 5 * time.Second}
-	statusSrv := &http.Server{Addr: o.StatusAddr, Handler: admin.StatusHandler(state, probes.Handler(appProbes, dialer.DialContext), nil), ReadHeaderTimeout: 5 * time.Second}
+	statusSrv := &http.Server{Addr: o.StatusAddr, Handler: admin.StatusHandler(state, probes.Handler(appProbes, dialer.DialContext), tel.Handler()), ReadHeaderTimeout: 5 * time.Second}
 	for name, srv := range map[string]*http.Server{"admin": adminSrv, "status": statusSrv} {
 		goRun(name, func() error {
 			if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {

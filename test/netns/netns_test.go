@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -119,6 +121,18 @@ func TestMeshedPodsTalkThroughTheirSidecars(t *testing.T) {
 		out := eventually(t, clientNS, []string{"TRELLIS_NETNS_HELPER=banner"}, self, bannerVIP+":2525")
 		if out != "220 banner from the server" {
 			t.Errorf("banner = %q", out)
+		}
+	})
+
+	t.Run("the client's sidecar counts the silent detection in its metrics", func(t *testing.T) {
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + netip.AddrPortFrom(clientIP, 15020).String() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if !regexp.MustCompile(`trellis_proxy_protocol_detections_total\{direction="outbound",protocol="[a-z0-9]+",timed_out="true"\} [1-9]`).Match(body) {
+			t.Errorf("no outbound detection timeout counted:\n%s", body)
 		}
 	})
 
