@@ -45,6 +45,10 @@ func errorStatus(ctx context.Context, err error) (int, string) {
 		return http.StatusGatewayTimeout, errGRPCTimeout.Error()
 	case errors.Is(cause, errStreamIdle), errors.Is(err, errStreamIdle):
 		return http.StatusRequestTimeout, errStreamIdle.Error()
+	case deadlineReached(ctx):
+		// The upstream received the same deadline (grpc-timeout is forwarded) and gave up a
+		// moment before our own timer fired: that is a timeout, not an upstream failure.
+		return http.StatusGatewayTimeout, "deadline exceeded while the upstream was answering: " + err.Error()
 	case ctx.Err() != nil:
 		return 0, ""
 	case errors.Is(err, errPerTryTimeout):
@@ -53,6 +57,16 @@ func errorStatus(ctx context.Context, err error) (int, string) {
 		return http.StatusServiceUnavailable, "upstream connect error: " + ce.Error()
 	}
 	return http.StatusServiceUnavailable, "upstream reset before response: " + err.Error()
+}
+
+// deadlineSlack is how close to its deadline a request must be for an upstream reset to be
+// read as the deadline's doing (timers on the two sides never fire at the same instant).
+const deadlineSlack = 50 * time.Millisecond
+
+// deadlineReached reports whether ctx's deadline has passed or is about to.
+func deadlineReached(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && time.Until(dl) < deadlineSlack
 }
 
 // localReply answers a request on the proxy's behalf with x-trellis-error: msg. A gRPC
