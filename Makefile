@@ -26,6 +26,14 @@ build: ## Build bin/mesh, bin/trellis-controlplane and bin/trellis-proxy (static
 	  echo "built bin/$$b"; \
 	done
 
+.PHONY: images
+images: build ## Build the trellis/controlplane and trellis/proxy images as tarballs in bin/images/, without Docker.
+	@mkdir -p bin/images
+	$(GO) run ./hack/imagebuild --name trellis/controlplane:$(VERSION) --version $(VERSION) \
+	  --binary bin/trellis-controlplane --user 65532 --out bin/images/controlplane.tar
+	$(GO) run ./hack/imagebuild --name trellis/proxy:$(VERSION) --version $(VERSION) \
+	  --binary bin/trellis-proxy --user 1337 --out bin/images/proxy.tar
+
 .PHONY: generate
 generate: ## Generate protobuf code, deepcopy code, the CRDs (into the chart) and the RBAC role from markers.
 	hack/gen-proto.sh
