@@ -10,6 +10,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/trellis-mesh/trellis/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/out from the current injector")
@@ -75,19 +77,7 @@ func TestGolden(t *testing.T) {
 				}
 				got = append([]byte("# "+c.About+"\n"), b...)
 			}
-			outPath := filepath.Join("testdata", "out", name+".yaml")
-			if *update {
-				if err := os.WriteFile(outPath, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(outPath)
-			if err != nil {
-				t.Fatalf("read golden output (run go test -update to create it): %v", err)
-			}
-			if diff := cmp.Diff(string(want), string(got)); diff != "" {
-				t.Errorf("%s: output differs from %s (-want +got); run go test -update if the change is intended:\n%s", c.About, outPath, diff)
-			}
+			golden.Check(t, filepath.Join("testdata", "out", name+".yaml"), got, *update, c.About)
 		})
 	}
 }

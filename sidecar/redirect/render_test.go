@@ -3,12 +3,13 @@ package redirect
 import (
 	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/trellis-mesh/trellis/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.nft from the current rendering")
@@ -67,19 +68,7 @@ func TestRenderGolden(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := tt.render()
-			path := filepath.Join("testdata", tt.golden)
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("read golden file (run go test -update to create it): %v", err)
-			}
-			if diff := cmp.Diff(string(want), got); diff != "" {
-				t.Errorf("rendering differs from %s (-want +got); run go test -update if the change is intended:\n%s", path, diff)
-			}
+			golden.Check(t, filepath.Join("testdata", tt.golden), []byte(got), *update, "the rendering")
 		})
 	}
 }
