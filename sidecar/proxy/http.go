@@ -31,10 +31,14 @@ var (
 // Headers the proxy reads or writes.
 const (
 	peerIdentityHeader = "X-Trellis-Peer-Identity"
-	errorHeader        = "X-Trellis-Error"
-	grpcStatusHeader   = "Grpc-Status"
-	grpcMessageHeader  = "Grpc-Message"
-	grpcTimeoutHeader  = "Grpc-Timeout"
+	// upstreamIdentityHeader is set on outbound responses to the SPIFFE ID the upstream
+	// proved in the mTLS handshake; any copy the upstream sent is removed, and it is
+	// absent when the upstream was reached in plaintext.
+	upstreamIdentityHeader = "X-Trellis-Upstream-Identity"
+	errorHeader            = "X-Trellis-Error"
+	grpcStatusHeader       = "Grpc-Status"
+	grpcMessageHeader      = "Grpc-Message"
+	grpcTimeoutHeader      = "Grpc-Timeout"
 )
 
 // reqState is one outbound request's routing decision and what happened to it.
@@ -53,6 +57,7 @@ type reqState struct {
 	retries    int
 	endpoint   netip.AddrPort
 	destID     string
+	upstreamID string // the identity the upstream proved on the connection of the last try
 	localErr   string
 }
 
@@ -222,7 +227,12 @@ type tryResult struct {
 func (tr *tryResult) keep(st *reqState) *http.Response {
 	st.mu.Lock()
 	st.status = tr.resp.StatusCode
+	upstreamID := st.upstreamID
 	st.mu.Unlock()
+	tr.resp.Header.Del(upstreamIdentityHeader)
+	if upstreamID != "" {
+		tr.resp.Header.Set(upstreamIdentityHeader, upstreamID)
+	}
 	tr.resp.Body = wrapBody(tr.resp, tr.finish)
 	return tr.resp
 }
@@ -282,6 +292,9 @@ func (t *outboundRT) try(req *http.Request, st *reqState, body *replayBody, trie
 		relPend()
 		if rc, ok := info.Conn.(*releaseConn); ok && connDone == nil {
 			connDone = rc.use(maxPerConn)
+			st.mu.Lock()
+			st.upstreamID = rc.peerID
+			st.mu.Unlock()
 		}
 	}}
 	out := req.Clone(httptrace.WithClientTrace(ctx, trace))

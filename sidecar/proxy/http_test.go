@@ -91,6 +91,7 @@ func TestHTTP1KeepAliveChunkedBodiesAndPeerIdentity(t *testing.T) {
 		w.Header().Set("X-App-Body", string(body))
 		w.Header().Set("X-App-Request-Length", fmt.Sprint(r.ContentLength))
 		w.Header().Set("X-App-Host", r.Host)
+		w.Header().Set(upstreamIdentityHeader, spiffeFor("forged-by-the-app"))
 		io.WriteString(w, "part1,")
 		w.(http.Flusher).Flush()
 		io.WriteString(w, "part2")
@@ -136,6 +137,9 @@ func TestHTTP1KeepAliveChunkedBodiesAndPeerIdentity(t *testing.T) {
 		}
 		if got := resp.Header.Get("X-App-Peer"); got != p.a.id {
 			t.Errorf("the app saw peer identity %q, want the client sidecar's %q (a forged one must be replaced)", got, p.a.id)
+		}
+		if got := resp.Header.Values(upstreamIdentityHeader); len(got) != 1 || got[0] != p.b.id {
+			t.Errorf("the client saw upstream identity %q, want only the server sidecar's %q (the app's copy must be replaced)", got, p.b.id)
 		}
 		if got := resp.Header.Get("X-App-Proto"); got != "HTTP/1.1" {
 			t.Errorf("the app spoke %s, want HTTP/1.1 (the port's upstream protocol)", got)
@@ -207,6 +211,9 @@ func TestHTTP2PriorKnowledgeEndToEnd(t *testing.T) {
 		}
 		if got := resp.Header.Get("X-App-Peer"); got != p.a.id {
 			t.Errorf("peer identity %q, want %q", got, p.a.id)
+		}
+		if got := resp.Header.Get(upstreamIdentityHeader); got != p.b.id {
+			t.Errorf("upstream identity %q over the HTTP/2 pool, want %q", got, p.b.id)
 		}
 	}
 }

@@ -221,7 +221,13 @@ func (cs *clusterState) dial(ctx context.Context, ap netip.AddrPort, useTLS bool
 			release()
 			return nil, &connectError{addr: ap, err: fmt.Errorf("the peer negotiated ALPN %q, not %q", got, wantProto)}
 		}
-		c = tc
+		id, err := mtls.PeerID(tc.ConnectionState())
+		if err != nil { // cannot happen after a verified handshake; never guess
+			tc.Close()
+			release()
+			return nil, &connectError{addr: ap, err: err}
+		}
+		return &releaseConn{Conn: tc, release: release, peerID: id}, nil
 	}
 	return &releaseConn{Conn: c, release: release}, nil
 }
@@ -231,6 +237,7 @@ func (cs *clusterState) dial(ctx context.Context, ap netip.AddrPort, useTLS bool
 type releaseConn struct {
 	net.Conn
 	release  func()
+	peerID   string // the SPIFFE ID the upstream proved; empty in plaintext
 	once     sync.Once
 	uses     atomic.Uint32
 	inflight atomic.Int32
