@@ -2,8 +2,11 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
+	"net/url"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -45,7 +48,7 @@ its SPIFFE ID as this pod's sidecar verified it) and, if the call failed, "backe
 with status 502.`
 		cmd.Flags().StringVar(&srv.Backend, "backend", "http://backend:8080/", "URL the frontend calls for every reply")
 		cmd.Flags().BoolVar(&srv.BackendH2C, "backend-h2c", false, "call the backend over h2c instead of HTTP/1.1")
-		cmd.Flags().DurationVar(&srv.BackendTimeout, "backend-timeout", 5e9, "timeout of the call to the backend")
+		cmd.Flags().DurationVar(&srv.BackendTimeout, "backend-timeout", 5*time.Second, "timeout of the call to the backend")
 	}
 	f.add(cmd.Flags(), 8080, service)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -54,8 +57,11 @@ with status 502.`
 			return err
 		}
 		if frontend {
-			if err := (client.GetOptions{URL: srv.Backend, N: 1, Concurrency: 1, Timeout: 1}).Validate(); err != nil {
-				return err
+			if u, err := url.Parse(srv.Backend); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return fmt.Errorf("--backend %q: want an absolute http:// URL, e.g. http://backend:8080/", srv.Backend)
+			}
+			if srv.BackendTimeout <= 0 {
+				return fmt.Errorf("--backend-timeout %s: want a positive duration", srv.BackendTimeout)
 			}
 		}
 		srv.Common = c
