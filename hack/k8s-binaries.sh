@@ -7,7 +7,7 @@
 # which is what envtest wants in KUBEBUILDER_ASSETS. Idempotent: a cached binary is never
 # rebuilt. Nothing is downloaded from the internet; modules come from the Go module proxy.
 #
-# Components: kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy
+# Components: kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.31.4}"
@@ -24,6 +24,7 @@ declare -A pkg=(
   [kube-scheduler]="k8s.io/kubernetes/cmd/kube-scheduler/app|NewSchedulerCommand()"
   [kubelet]="k8s.io/kubernetes/cmd/kubelet/app|NewKubeletCommand()"
   [kube-proxy]="k8s.io/kubernetes/cmd/kube-proxy/app|NewProxyCommand()"
+  [kubectl]="k8s.io/kubectl/pkg/cmd|NewDefaultKubectlCommand()"
 )
 
 missing=()
@@ -74,6 +75,28 @@ minor="v0.${K8S_VERSION#v1.}"
 for c in "${missing[@]}"; do
   IFS='|' read -r imp ctor <<<"${pkg[$c]}"
   mkdir -p "cmd/$c"
+  if [ "$c" = kubectl ]; then
+    # kubectl prints its own errors (as upstream's main does).
+    cat > "cmd/$c/main.go" <<GO
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	app "$imp"
+	"k8s.io/kubectl/pkg/cmd/util"
+)
+
+func main() {
+	if err := cli.RunNoErrOutput(app.$ctor); err != nil {
+		util.CheckErr(err)
+	}
+	os.Exit(0)
+}
+GO
+    continue
+  fi
   cat > "cmd/$c/main.go" <<GO
 package main
 
