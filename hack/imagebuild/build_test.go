@@ -154,6 +154,13 @@ func TestBuildProducesARunnableSingleLayerImage(t *testing.T) {
 			wantUID:     "trellis:x:65532:65533:",
 			wantVersion: "v0.1.0",
 		},
+		{
+			name:        "the demo image runs /trellis-demo at the root as 10001, not the proxy's uid",
+			opts:        Options{Name: "trellis/demo:dev", Entrypoint: "/trellis-demo", User: "10001", Version: "dev"},
+			wantUser:    "10001:10001",
+			wantUID:     "trellis:x:10001:10001:",
+			wantVersion: "dev",
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
