@@ -39,8 +39,8 @@
 #   TRELLIS_PROXY_HEALTHZ_PORT kube-proxy healthz, on 127.0.0.1 [20256]
 #   TRELLIS_CLUSTER_TIMEOUT    seconds to wait for each step [180]
 #
-# Safety: no packet leaves the machine. FORWARD and OUTPUT DROP rules keep the pod and service
-# CIDRs off every interface but the pod bridge, both CIDRs are routed to the port-less node bridge
+# Safety: no packet leaves the machine. FORWARD (and mangle POSTROUTING) DROP rules keep the pod
+# and service CIDRs off every interface but the pod bridge, both CIDRs are routed to the port-less node bridge
 # (so nothing falls through to the default route), CoreDNS has no forward plugin, containerd's
 # image pulls go to a dead proxy on loopback, and NodePorts open on the node IP only.
 # Processes are stopped by their recorded PID, never by name.
@@ -104,7 +104,8 @@ SYSCTLS=(net/ipv4/ip_forward net/bridge/bridge-nf-call-iptables net/ipv4/conf/al
   kernel/keys/root_maxbytes net/netfilter/nf_conntrack_max
   net/netfilter/nf_conntrack_tcp_timeout_established net/netfilter/nf_conntrack_tcp_timeout_close_wait)
 # Host paths the components use outside the state dir; `down` removes those `up` created.
-HOST_PATHS=(/var/log/containers /var/lib/cni /run/containerd/s /run/containerd)
+HOST_PATHS=(/var/log/containers /var/lib/cni/results /var/lib/cni /var/lib/kubelet/device-plugins
+  /var/lib/kubelet /run/containerd/s /run/containerd /run/mount)
 APT_PACKAGES=(containerd runc containernetworking-plugins conntrack iptables etcd-server openssl
   curl iproute2 util-linux)
 
@@ -153,7 +154,7 @@ log_tail() {
   local f="$LOGS/$1.log"
   if [ -f "$f" ]; then
     log "last lines of $f:"
-    tail -n "${2:-40}" "$f" >&2
+    tail -n "${2:-25}" "$f" | cut -c1-400 >&2
   fi
 }
 
@@ -218,31 +219,43 @@ wait_until() {
 
 # --- status ------------------------------------------------------------------------------
 
-node_ready() {
-  [ "$(kc get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+# api PATH: GET PATH from the apiserver as the admin (curl: much faster than kubectl here).
+api() {
+  curl -fsS --max-time 5 -A hack-cluster.sh --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    "https://$NODE_IP:$APISERVER_PORT$1" 2>/dev/null
 }
-dns_ready() {
-  [ "$(kc -n kube-system get deploy coredns -o 'jsonpath={.status.readyReplicas}' 2>/dev/null)" = 1 ]
+node_ready() { api "/api/v1/nodes/$NODE_NAME" | grep -Eq '"type": ?"Ready", ?"status": ?"True"'; }
+dns_ready() { api /apis/apps/v1/namespaces/kube-system/deployments/coredns | grep -Eq '"readyReplicas": ?1[,}]'; }
+
+# probe: sets API_OK, NODE_OK and DNS_OK (each true or false) from one look at the cluster.
+probe() {
+  API_OK=false NODE_OK=false DNS_OK=false
+  [ -f "$PKI/admin.crt" ] && api /readyz >/dev/null || return 0
+  API_OK=true
+  if node_ready; then NODE_OK=true; fi
+  if dns_ready; then DNS_OK=true; fi
 }
 
 healthy() {
   local c
   [ -f "$DIR/cluster.env" ] && [ -f "$KUBECONFIG_PATH" ] || return 1
   for c in "${COMPONENTS[@]}"; do alive "$c" || return 1; done
-  kc get --raw /readyz >/dev/null 2>&1 && node_ready && dns_ready
+  probe
+  $API_OK && $NODE_OK && $DNS_OK
 }
 
+# print_status: what `probe` saw last, and where things are.
 print_status() {
   local c state
   for c in "${COMPONENTS[@]}"; do
     if alive "$c"; then state="running (pid $(pid_of "$c"))"; else state="NOT RUNNING"; fi
     printf '  %-24s %s\n' "$c" "$state"
   done
-  if [ -f "$KUBECONFIG_PATH" ] && kc get --raw /readyz >/dev/null 2>&1; then
+  if $API_OK; then
     printf '  %-24s %s\n' "apiserver" "ready at https://$NODE_IP:$APISERVER_PORT"
-    if node_ready; then state=Ready; else state=NotReady; fi
+    if $NODE_OK; then state=Ready; else state=NotReady; fi
     printf '  %-24s %s\n' "node $NODE_NAME" "$state"
-    if dns_ready; then state="ready at $DNS_IP"; else state="not ready"; fi
+    if $DNS_OK; then state="ready at $DNS_IP"; else state="not ready"; fi
     printf '  %-24s %s\n' "coredns" "$state"
   else
     printf '  %-24s %s\n' "apiserver" "not answering"
@@ -259,9 +272,15 @@ cmd_status() {
     return 1
   fi
   derive
-  if healthy; then echo "cluster: up"; else echo "cluster: NOT healthy"; fi
+  if healthy; then
+    echo "cluster: up"
+    print_status
+    return 0
+  fi
+  echo "cluster: NOT healthy (hack/cluster.sh up restarts what is missing)"
+  probe
   print_status
-  healthy
+  return 1
 }
 
 # --- up: prerequisites -------------------------------------------------------------------------
@@ -418,7 +437,8 @@ guard_rules() { # prints "TABLE CHAIN RULE..." lines, one per guard rule
     echo "filter FORWARD -d $c ! -o $POD_BRIDGE -m comment --comment $GUARD -j DROP"
     echo "filter FORWARD -s $c ! -i $POD_BRIDGE -m comment --comment $GUARD -j DROP"
     echo "filter FORWARD -d $c ! -i $POD_BRIDGE -m comment --comment $GUARD -j DROP"
-    echo "filter OUTPUT -d $c ! -o $POD_BRIDGE -m comment --comment $GUARD -j DROP"
+    # Not filter OUTPUT: there -o is still the interface chosen before kube-proxy's DNAT.
+    echo "mangle POSTROUTING -d $c ! -o $POD_BRIDGE -m comment --comment $GUARD -j DROP"
   done
 }
 
@@ -466,9 +486,16 @@ ensure_network() {
 
 # --- up: containerd, CNI, images ---------------------------------------------------------
 
+# put FILE: writes stdin to FILE unless FILE already holds exactly that (kube-proxy exits when
+# its configuration file is touched).
+put() {
+  cat >"$1.new"
+  if cmp -s "$1.new" "$1"; then rm -f "$1.new"; else mv "$1.new" "$1"; fi
+}
+
 write_configs() {
   mkdir -p "$CFG/cni" "$DIR/cni/ipam" "$CTRD_ROOT" "$CTRD_STATE" "$DIR/pod-logs" "$KUBELET_ROOT"
-  cat >"$CFG/containerd.toml" <<EOF
+  put "$CFG/containerd.toml" <<EOF
 # containerd for the local cluster only: its own root, state and socket.
 version = 2
 root = "$CTRD_ROOT/root"
@@ -504,7 +531,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     conf_dir = "$CFG/cni"
     max_conf_num = 1
 EOF
-  cat >"$CFG/cni/10-$CNI_NET.conflist" <<EOF
+  put "$CFG/cni/10-$CNI_NET.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
   "name": "$CNI_NET",
@@ -526,8 +553,8 @@ EOF
   ]
 }
 EOF
-  printf 'nameserver %s\n' "$DNS_IP" >"$CFG/resolv.conf"
-  cat >"$CFG/kubelet.yaml" <<EOF
+  printf 'nameserver %s\n' "$DNS_IP" | put "$CFG/resolv.conf"
+  put "$CFG/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -565,7 +592,7 @@ evictionHard:
   nodefs.inodesFree: 1%
   imagefs.available: 1%
 EOF
-  cat >"$CFG/kube-proxy.yaml" <<EOF
+  put "$CFG/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -649,7 +676,7 @@ start_apiserver() {
     --requestheader-extra-headers-prefix X-Remote-Extra- \
     --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
     --profiling=false --v 1
-  wait_until kube-apiserver "kube-apiserver /readyz" kc get --raw /readyz
+  wait_until kube-apiserver "kube-apiserver /readyz" api /readyz
 }
 
 start_controllers() {
@@ -726,6 +753,7 @@ cmd_up() {
   start_node
   start_dns
   echo "cluster: up in $((SECONDS - t0))s"
+  probe
   print_status
 }
 
@@ -797,6 +825,7 @@ clean_iptables() {
   local t tool table
   # Our guard rules.
   purge_rules iptables filter "--comment $GUARD( |\$)"
+  purge_rules iptables mangle "--comment $GUARD( |\$)"
   # kube-proxy's rules, then whatever KUBE-* chains remain (the kubelet's canaries and hints).
   if [ -x "$BIN/kube-proxy" ]; then "$BIN/kube-proxy" --cleanup >>"$LOGS/kube-proxy-cleanup.log" 2>&1 || true; fi
   for tool in iptables ip6tables; do
@@ -823,7 +852,15 @@ restore_host_state() {
   fi
   # The kubelet's symlinks to our pod logs, and libcni's result cache of our network.
   [ -d /var/log/containers ] && find /var/log/containers -maxdepth 1 -type l -lname "$DIR/*" -delete
-  rm -f /var/lib/cni/results/"$CNI_NET"-* 2>/dev/null || true
+  local f id
+  for f in /var/lib/cni/results/"$CNI_NET"-*-eth0; do
+    [ -e "$f" ] || continue
+    id=${f#/var/lib/cni/results/"$CNI_NET"-}
+    id=${id%-eth0}
+    rm -f "$f" "/var/lib/cni/results/cni-loopback-$id-lo"
+  done
+  # The kubelet's device-plugin socket is always there, whatever its --root-dir.
+  rm -f /var/lib/kubelet/device-plugins/kubelet.sock
   if [ -f "$DIR/host-paths.created" ]; then
     while read -r p; do
       if [ -d "$p" ]; then find "$p" -depth -type d -empty -delete 2>/dev/null || true; fi
