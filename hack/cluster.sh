@@ -72,7 +72,7 @@ PROXY_METRICS_PORT="${TRELLIS_PROXY_METRICS_PORT:-20249}"
 PROXY_HEALTHZ_PORT="${TRELLIS_PROXY_HEALTHZ_PORT:-20256}"
 TIMEOUT="${TRELLIS_CLUSTER_TIMEOUT:-180}"
 
-SAVED_VARS=(K8S_VERSION COREDNS_VERSION NODE_NAME NODE_IP NODE_BRIDGE POD_BRIDGE POD_CIDR
+SAVED_VARS=(CACHE K8S_VERSION COREDNS_VERSION NODE_NAME NODE_IP NODE_BRIDGE POD_BRIDGE POD_CIDR
   SERVICE_CIDR DNS_IP CLUSTER_DOMAIN APISERVER_PORT ETCD_PORT ETCD_PEER_PORT KUBELET_PORT
   KUBELET_HEALTHZ_PORT KCM_PORT SCHEDULER_PORT PROXY_METRICS_PORT PROXY_HEALTHZ_PORT)
 if [ -f "$DIR/cluster.env" ]; then
@@ -260,6 +260,8 @@ print_status() {
   else
     printf '  %-24s %s\n' "apiserver" "not answering"
   fi
+  if guard_first; then state="first in FORWARD"; else state="NOT FIRST in FORWARD (hack/cluster.sh up fixes it)"; fi
+  printf '  %-24s %s\n' "guard DROP rules" "$state"
   printf '  %-24s %s\n' "logs" "$LOGS"
   printf '  %-24s %s\n' "kubectl" "$BIN/kubectl"
   echo "kubeconfig: $KUBECONFIG_PATH"
@@ -444,21 +446,28 @@ guard_rules() { # prints "TABLE CHAIN RULE..." lines, one per guard rule
 
 # ensure_guard: the guard rules exist and come first in FORWARD (kube-proxy inserts its own
 # ACCEPT jumps at the top; ours must be evaluated before them).
-ensure_guard() {
-  local table chain rule n want first
+guard_first() {
+  local n first
   n=$(guard_rules | grep -c ' FORWARD ')
   first=$(iptables -S FORWARD | sed -n "2,$((n + 1))p" | grep -c -- "--comment $GUARD" || true)
-  if [ "$first" != "$n" ]; then
+  [ "$first" = "$n" ]
+}
+
+ensure_guard() {
+  local table chain rule n pos
+  if ! guard_first; then
+    # New copies on top first, then the old ones go: the guard never has a gap.
+    n=0
     while read -r table chain rule; do
+      n=$((n + 1))
       # shellcheck disable=SC2086
-      while iptables -t "$table" -C "$chain" $rule 2>/dev/null; do iptables -t "$table" -D "$chain" $rule; done
+      iptables -t "$table" -I "$chain" "$n" $rule
     done < <(guard_rules | grep ' FORWARD ')
-    want=1
-    while read -r table chain rule; do
-      # shellcheck disable=SC2086
-      iptables -t "$table" -I "$chain" "$want" $rule
-      want=$((want + 1))
-    done < <(guard_rules | grep ' FORWARD ')
+    while :; do
+      pos=$(iptables -S FORWARD | awk -v g="--comment $GUARD " -v n="$n" 'NR > n + 1 && index($0 " ", g) { print NR - 1 }' | tail -n 1)
+      [ -n "$pos" ] || break
+      iptables -D FORWARD "$pos"
+    done
   fi
   while read -r table chain rule; do
     # shellcheck disable=SC2086
@@ -708,6 +717,8 @@ start_node() {
   wait_until kubelet "kubelet /healthz" curl -fsS "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
   start kube-proxy "$BIN/kube-proxy" --config "$CFG/kube-proxy.yaml" --v 1
   wait_until kube-proxy "kube-proxy /healthz" curl -fsS "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
+  # kube-proxy puts its FORWARD jumps (some ACCEPT) first: once they are there, ours go first again.
+  wait_until kube-proxy "kube-proxy's FORWARD rules" sh -c "iptables -S FORWARD | grep -q -- '-j KUBE-FORWARD'"
   ensure_guard
   wait_until kubelet "node $NODE_NAME Ready" node_ready
 }
