@@ -64,8 +64,11 @@ type GetResult struct {
 	Versions map[string]int `json:"versions"`
 	// BackendVersions counts the frontend's backend.version, when the body has one.
 	BackendVersions map[string]int `json:"backendVersions"`
-	// Protocols counts the protocol the server says it received (HTTP/1.1, HTTP/2.0).
-	Protocols map[string]int `json:"protocols"`
+	// Protocols counts the protocol of the answers as this client spoke it (HTTP/1.1,
+	// HTTP/2.0). ServerProtocols counts what the server says it received (the JSON body's
+	// protocol): behind sidecars, that is what the server's sidecar spoke to it.
+	Protocols       map[string]int `json:"protocols"`
+	ServerProtocols map[string]int `json:"serverProtocols"`
 	// PeerIdentities are the distinct non-empty peerIdentity values in the JSON bodies: the
 	// caller's SPIFFE ID as the server's sidecar verified it.
 	PeerIdentities []string `json:"peerIdentities"`
@@ -103,7 +106,7 @@ func Get(ctx context.Context, o GetOptions) GetResult {
 	hc := &http.Client{Transport: tr, Timeout: o.Timeout}
 	t := &getTally{
 		res: GetResult{URL: o.URL, Statuses: map[string]int{}, Versions: map[string]int{}, BackendVersions: map[string]int{},
-			Protocols: map[string]int{}, TrellisErrors: map[string]int{}},
+			Protocols: map[string]int{}, ServerProtocols: map[string]int{}, TrellisErrors: map[string]int{}},
 		peers: set{}, ups: set{}, backendPeers: set{}, backUps: set{},
 	}
 	start := time.Now()
@@ -141,7 +144,7 @@ const maxJSON = 1 << 20
 
 func (t *getTally) one(ctx context.Context, hc *http.Client, u string, headers [][2]string) {
 	start := time.Now()
-	status, hdr, body, n, err := fetch(ctx, hc, u, headers)
+	resp, body, n, err := fetch(ctx, hc, u, headers)
 	elapsed := time.Since(start)
 
 	t.mu.Lock()
@@ -155,7 +158,9 @@ func (t *getTally) one(ctx context.Context, hc *http.Client, u string, headers [
 		return
 	}
 	t.lat = append(t.lat, elapsed)
+	status, hdr := resp.StatusCode, resp.Header
 	t.res.Statuses[strconv.Itoa(status)]++
+	t.res.Protocols[resp.Proto]++
 	if status >= 200 && status <= 299 {
 		t.res.Succeeded++
 	} else {
@@ -178,7 +183,7 @@ func (t *getTally) one(ctx context.Context, hc *http.Client, u string, headers [
 		return
 	}
 	if rep.Protocol != "" {
-		t.res.Protocols[rep.Protocol]++
+		t.res.ServerProtocols[rep.Protocol]++
 	}
 	t.peers.add(rep.PeerIdentity)
 	t.backUps.add(rep.BackendUpstreamIdentity)
@@ -190,12 +195,12 @@ func (t *getTally) one(ctx context.Context, hc *http.Client, u string, headers [
 	}
 }
 
-// fetch makes one GET. body is the body when it looks like JSON and is small enough, else
-// nil; n is the number of body bytes read.
-func fetch(ctx context.Context, hc *http.Client, u string, headers [][2]string) (status int, hdr http.Header, body []byte, n int64, err error) {
+// fetch makes one GET and reads the whole answer. resp's body is closed; body is the body
+// when it looks like JSON and is small enough, else nil; n is the number of body bytes read.
+func fetch(ctx context.Context, hc *http.Client, u string, headers [][2]string) (resp *http.Response, body []byte, n int64, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return 0, nil, nil, 0, err
+		return nil, nil, 0, err
 	}
 	for _, h := range headers {
 		if strings.EqualFold(h[0], "host") {
@@ -204,9 +209,9 @@ func fetch(ctx context.Context, hc *http.Client, u string, headers [][2]string) 
 		}
 		req.Header.Add(h[0], h[1])
 	}
-	resp, err := hc.Do(req)
+	resp, err = hc.Do(req)
 	if err != nil {
-		return 0, nil, nil, 0, err
+		return nil, nil, 0, err
 	}
 	defer resp.Body.Close()
 	if strings.Contains(resp.Header.Get("Content-Type"), "json") {
@@ -222,7 +227,7 @@ func fetch(ctx context.Context, hc *http.Client, u string, headers [][2]string) 
 		n += rest
 	}
 	if err != nil {
-		return 0, nil, nil, n, fmt.Errorf("read the body of a %d answer: %w", resp.StatusCode, err)
+		return nil, nil, n, fmt.Errorf("read the body of a %d answer: %w", resp.StatusCode, err)
 	}
-	return resp.StatusCode, resp.Header, body, n, nil
+	return resp, body, n, nil
 }

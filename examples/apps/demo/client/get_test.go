@@ -3,6 +3,8 @@ package client_test
 import (
 	"context"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -49,6 +51,7 @@ func TestGetCountsVersionsStatusesAndIdentities(t *testing.T) {
 		{"statuses", got.Statuses, map[string]int{"200": 100}},
 		{"versions", got.Versions, map[string]int{"v1": 50, "v2": 50}},
 		{"protocols", got.Protocols, map[string]int{"HTTP/1.1": 100}},
+		{"serverProtocols", got.ServerProtocols, map[string]int{"HTTP/1.1": 100}},
 		{"peer identities", got.PeerIdentities, []string{"spiffe://cluster.local/ns/shop/sa/frontend"}},
 		{"upstream identities", got.UpstreamIdentities, []string{"spiffe://cluster.local/ns/shop/sa/backend"}},
 		{"backend versions", got.BackendVersions, map[string]int{}},
@@ -87,6 +90,9 @@ func TestGetKeepsConcurrencyAndSpeaksH2C(t *testing.T) {
 	}
 	if diff := cmp.Diff(map[string]int{"HTTP/2.0": 40}, got.Protocols); diff != "" {
 		t.Errorf("protocols (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]int{"HTTP/2.0": 40}, got.ServerProtocols); diff != "" {
+		t.Errorf("serverProtocols (-want +got):\n%s", diff)
 	}
 	if p := peak.Load(); p != 4 {
 		t.Errorf("at most %d requests were in flight at once, want --concurrency 4", p)
@@ -171,5 +177,25 @@ func TestGetThroughTheFrontendSeesBothHops(t *testing.T) {
 		if diff := cmp.Diff(c.want, c.got); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", c.name, diff)
 		}
+	}
+}
+
+func TestGetTellsTheClientsProtocolFromTheServers(t *testing.T) {
+	// A proxy that takes h2c from the client and speaks HTTP/1.1 to the server, as a
+	// sidecar may.
+	backend := serveHandler(t, httpServer("v1", "p").Handler())
+	target, err := url.Parse("http://" + backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveHandler(t, httputil.NewSingleHostReverseProxy(target))
+	o := client.DefaultGetOptions()
+	o.URL, o.N, o.H2C = "http://"+addr+"/", 10, true
+	got := client.Get(context.Background(), o)
+	if diff := cmp.Diff(map[string]int{"HTTP/2.0": 10}, got.Protocols); diff != "" {
+		t.Errorf("protocols, as the client spoke (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]int{"HTTP/1.1": 10}, got.ServerProtocols); diff != "" {
+		t.Errorf("serverProtocols, as the server received (-want +got):\n%s", diff)
 	}
 }

@@ -60,13 +60,13 @@ func Job(ctx context.Context, o JobOptions) JobResult {
 		deadline := start.Add(o.Wait)
 		for {
 			r.WaitAttempts++
-			status, _, _, _, err := fetch(ctx, hc, o.URL, nil)
-			if err == nil && status >= 200 && status <= 299 {
+			resp, _, _, err := fetch(ctx, hc, o.URL, nil)
+			if err == nil && resp.StatusCode >= 200 && resp.StatusCode <= 299 {
 				break
 			}
 			if time.Now().Add(time.Second).After(deadline) || ctx.Err() != nil {
 				if err == nil {
-					err = fmt.Errorf("%s answered %d", o.URL, status)
+					err = fmt.Errorf("%s answered %d", o.URL, resp.StatusCode)
 				}
 				errs.add(fmt.Sprintf("not ready within --wait %s: %v", o.Wait, err))
 				break
@@ -83,18 +83,18 @@ func Job(ctx context.Context, o JobOptions) JobResult {
 			break
 		}
 		r.Requests++
-		status, _, _, _, err := fetch(ctx, hc, o.URL, nil)
-		switch {
-		case err != nil:
+		resp, _, _, err := fetch(ctx, hc, o.URL, nil)
+		if err != nil {
 			r.Failed++
 			errs.add(err.Error())
-		case status < 200 || status > 299:
+			continue
+		}
+		r.Statuses[strconv.Itoa(resp.StatusCode)]++
+		if resp.StatusCode < 200 || resp.StatusCode > 299 {
 			r.Failed++
-			r.Statuses[strconv.Itoa(status)]++
-			errs.add(fmt.Sprintf("%s answered %d", o.URL, status))
-		default:
+			errs.add(fmt.Sprintf("%s answered %d", o.URL, resp.StatusCode))
+		} else {
 			r.Succeeded++
-			r.Statuses[strconv.Itoa(status)]++
 		}
 	}
 	r.Errors = append(r.Errors, errs...)
