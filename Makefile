@@ -27,8 +27,11 @@ build: ## Build bin/mesh, bin/trellis-controlplane and bin/trellis-proxy (static
 	done
 
 .PHONY: images
-images: build ## Build the trellis/controlplane and trellis/proxy images as tarballs in bin/images/, without Docker.
+images: build ## Build the trellis/controlplane, trellis/proxy and trellis/demo images as tarballs in bin/images/, without Docker.
 	@mkdir -p bin/images
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/trellis-demo ./examples/apps/demo
+	$(GO) run ./hack/imagebuild --name trellis/demo:$(VERSION) --version $(VERSION) \
+	  --binary bin/trellis-demo --entrypoint /trellis-demo --user 10001 --out bin/images/demo.tar
 	$(GO) run ./hack/imagebuild --name trellis/controlplane:$(VERSION) --version $(VERSION) \
 	  --binary bin/trellis-controlplane --user 65532 --out bin/images/controlplane.tar
 	$(GO) run ./hack/imagebuild --name trellis/proxy:$(VERSION) --version $(VERSION) \

@@ -11,6 +11,8 @@
 # Running it again is fast and changes nothing that works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# kubectl: the pinned one hack/k8s-binaries.sh builds and caches (the cluster's own version).
+PATH="$(hack/k8s-binaries.sh kubectl):$PATH"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 need() {
@@ -19,7 +21,6 @@ need() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
 }
 need jq jq
-need kubectl kubectl
 
 if [ -n "${KUBECONFIG:-}" ] && kubectl version --request-timeout=5s >/dev/null 2>&1; then
   log "using the cluster KUBECONFIG=$KUBECONFIG reaches"

@@ -20,6 +20,8 @@
 #                     the cluster KUBECONFIG points at, else none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# kubectl: the pinned one hack/k8s-binaries.sh builds and caches (the cluster's own version).
+PATH="$(hack/k8s-binaries.sh kubectl):$PATH"
 
 : "${KUBECONFIG:?KUBECONFIG must point at the cluster (make demo sets it)}"
 : "${VERSION:?VERSION must be the image tag make images built}"

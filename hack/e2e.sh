@@ -7,6 +7,8 @@
 # runs the suite (go test -tags e2e ./test/e2e/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# kubectl: the pinned one hack/k8s-binaries.sh builds and caches (the cluster's own version).
+PATH="$(hack/k8s-binaries.sh kubectl):$PATH"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 started=""

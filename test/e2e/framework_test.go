@@ -36,7 +36,9 @@ const (
 	appPort     = 8080
 )
 
-func spiffeID(ns, sa string) string { return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", trustDomain, ns, sa) }
+func spiffeID(ns, sa string) string {
+	return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", trustDomain, ns, sa)
+}
 
 // cluster is what every test uses: clients for $KUBECONFIG and the demo image.
 type cluster struct {
