@@ -178,6 +178,9 @@ func (m *certManager) syncSecret(ctx context.Context) (*material, error) {
 
 // syncConfiguration creates the MutatingWebhookConfiguration, or puts back its webhooks
 // when they differ from Configuration (a user's edit is undone: change the flags instead).
+// An existing managed-by label is kept: the Helm chart installs the configuration with
+// app.kubernetes.io/managed-by=Helm, which Helm needs to upgrade and uninstall it; only a
+// missing label is set.
 func (m *certManager) syncConfiguration(ctx context.Context, caBundle []byte) error {
 	want := Configuration(m.opts, caBundle)
 	var cur admissionregistrationv1.MutatingWebhookConfiguration
@@ -198,14 +201,16 @@ func (m *certManager) syncConfiguration(ctx context.Context, caBundle []byte) er
 	if err != nil {
 		return fmt.Errorf("get mutatingwebhookconfiguration %s: %w", want.Name, err)
 	}
-	if equality.Semantic.DeepEqual(cur.Webhooks, want.Webhooks) && cur.Labels[managedByLabel] == managedByValue {
+	if equality.Semantic.DeepEqual(cur.Webhooks, want.Webhooks) && cur.Labels[managedByLabel] != "" {
 		return nil
 	}
 	cur.Webhooks = want.Webhooks
-	if cur.Labels == nil {
-		cur.Labels = map[string]string{}
+	if cur.Labels[managedByLabel] == "" {
+		if cur.Labels == nil {
+			cur.Labels = map[string]string{}
+		}
+		cur.Labels[managedByLabel] = managedByValue
 	}
-	cur.Labels[managedByLabel] = managedByValue
 	if err := m.writer.Update(ctx, &cur); err != nil {
 		return fmt.Errorf("update mutatingwebhookconfiguration %s: %w", want.Name, err)
 	}
