@@ -31,6 +31,6 @@ identities), retries, timeouts, circuit breaking and SMI traffic splitting.`,
 		SilenceErrors: false,
 	}
 	opts.Logging.AddFlags(cmd.PersistentFlags())
-	cmd.AddCommand(version.NewCommand("mesh"), newInjectCommand())
+	cmd.AddCommand(version.NewCommand("mesh"), newInjectCommand(), newInstallCommand(opts), newUninstallCommand(opts))
 	return cmd
 }
