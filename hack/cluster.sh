@@ -182,8 +182,11 @@ start() {
   pid=$!
   START_ENV=()
   printf '%s\n%s\n' "$pid" "$exe" >"$RUN/$name.pid"
-  sleep 0.3
-  alive "$name" || fail "$name" "$name exited at once"
+  for _ in $(seq 1 50); do
+    sleep 0.1
+    alive "$name" && return 0
+  done
+  fail "$name" "$name exited at once"
 }
 
 # stop NAME: SIGTERM to the recorded PID, wait, then SIGKILL.
@@ -787,6 +790,19 @@ kill_recorded() {
   done
 }
 
+# kill_cgroup: SIGKILL whatever still runs in the kubelet's cgroup root (only pods go there).
+kill_cgroup() {
+  local f pid
+  for f in /sys/fs/cgroup/pids/"$CGROUP_ROOT" /sys/fs/cgroup/memory/"$CGROUP_ROOT"; do
+    [ -d "$f" ] || continue
+    while read -r pid; do
+      [ -n "$pid" ] || continue
+      log "killing leftover pod process $pid"
+      kill -KILL "$pid" 2>/dev/null || true
+    done < <(find "$f" -name cgroup.procs -exec cat {} + 2>/dev/null)
+  done
+}
+
 stop_pods() {
   local t c tasks containers
   if alive containerd; then
@@ -897,6 +913,7 @@ cmd_down() {
   stop containerd
   kill_recorded "$CTRD_STATE"/io.containerd.runtime.v2.task/*/*/init.pid \
     "$CTRD_STATE"/io.containerd.runtime.v2.task/*/*/shim.pid
+  kill_cgroup
   stop kube-scheduler
   stop kube-controller-manager
   stop kube-apiserver
