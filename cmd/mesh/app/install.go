@@ -199,7 +199,7 @@ func (o *InstallOptions) Run(ctx context.Context, w io.Writer, log *slog.Logger)
 	if !ok {
 		return fmt.Errorf("helm returned a release of type %T", rel)
 	}
-	fmt.Fprintf(w, "%s release %s in namespace %s: revision %d, chart %s-%s, images %s\n",
+	fmt.Fprintf(w, "%s release %s in namespace %s: revision %d, chart %s-%s, image %s\n",
 		verb, r.Name, r.Namespace, r.Version, ch.Metadata.Name, ch.Metadata.Version, imageSummary(r))
 	if !o.Wait {
 		fmt.Fprintf(w, "not waiting for the control plane (use --wait): kubectl -n %s rollout status deploy/%s\n", o.Namespace, controlPlaneName)
