@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"helm.sh/helm/v4/pkg/action"
+	"helm.sh/helm/v4/pkg/kube"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -113,6 +114,10 @@ func (o *clusterOptions) describe() string {
 // helm returns a Helm action configuration for releases in namespace, stored as Secrets
 // (Helm's default, so that the helm CLI sees the same releases).
 func (c *cluster) helm(namespace string, log *slog.Logger) (*action.Configuration, error) {
+	// Apply as the helm CLI does, so that `helm upgrade` after `mesh install` (and the
+	// other way round) finds its own fields instead of conflicts. It is a package variable
+	// of Helm's; mesh is the only Helm user in its process.
+	kube.ManagedFieldsManager = "helm"
 	cfg := action.NewConfiguration(action.ConfigurationSetLogger(log.Handler()))
 	if err := cfg.Init(c.flags, namespace, "secret"); err != nil {
 		return nil, fmt.Errorf("set up Helm for namespace %s: %w", namespace, err)

@@ -365,10 +365,26 @@ func TestMeshInstallStatesAndKeepCRDs(t *testing.T) {
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 		t.Fatal(err)
 	}
+	// A control plane that started before the chart's configuration existed made its own.
+	leftOpts := webhook.DefaultOptions()
+	leftOpts.Namespace = ns
+	left := webhook.Configuration(leftOpts, []byte("a CA bundle"))
+	if err := c.Create(ctx, left); err != nil {
+		t.Fatal(err)
+	}
 	if out, errOut, err := runMesh(ctx, "install", "--kubeconfig", kubeconfig, "-n", ns); err != nil {
 		t.Fatalf("mesh install: %v\n%s\n%s", err, out, errOut)
 	} else if strings.Contains(out, "created namespace") {
 		t.Errorf("install says it created namespace %s, which existed:\n%s", ns, out)
+	} else if !strings.Contains(out, "adopted MutatingWebhookConfiguration trellis-injector") {
+		t.Errorf("install does not say it adopted the control plane's webhook configuration:\n%s", out)
+	}
+	var adopted admissionregistrationv1.MutatingWebhookConfiguration
+	if err := c.Get(ctx, client.ObjectKey{Name: webhook.ConfigurationName}, &adopted); err != nil {
+		t.Fatal(err)
+	}
+	if adopted.Annotations[helmReleaseNamespace] != ns || string(adopted.Webhooks[0].ClientConfig.CABundle) != "a CA bundle" {
+		t.Errorf("the adopted configuration: annotations %v, caBundle %q", adopted.Annotations, adopted.Webhooks[0].ClientConfig.CABundle)
 	}
 
 	t.Run("a second mesh in another namespace is refused, and that namespace is not created", func(t *testing.T) {
@@ -427,7 +443,20 @@ func TestMeshInstallStatesAndKeepCRDs(t *testing.T) {
 	})
 
 	t.Run("uninstall --keep-crds keeps the CRDs and a namespace mesh did not create", func(t *testing.T) {
-		out, errOut, err := runMesh(ctx, "uninstall", "--kubeconfig", kubeconfig, "-n", ns, "--keep-crds")
+		// A control-plane pod that does not stop (envtest has no kubelet and no garbage
+		// collector): uninstall waits --timeout, warns, and goes on.
+		stray := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "trellis-controlplane-stuck", Labels: map[string]string{
+				"app.kubernetes.io/name": "trellis", "app.kubernetes.io/component": "controlplane"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "controlplane", Image: "trellis/controlplane:dev"}}},
+		}
+		if err := c.Create(ctx, stray); err != nil {
+			t.Fatal(err)
+		}
+		out, errOut, err := runMesh(ctx, "uninstall", "--kubeconfig", kubeconfig, "-n", ns, "--keep-crds", "--timeout", "2s")
+		if !strings.Contains(errOut, "1 control-plane pods still run in namespace "+ns) {
+			t.Errorf("no warning about the control-plane pod that still runs:\n%s", errOut)
+		}
 		if err != nil {
 			t.Fatalf("mesh uninstall --keep-crds: %v\n%s\n%s", err, out, errOut)
 		}
