@@ -15,6 +15,10 @@ RBAC_DIR  := charts/trellis/generated
 # The Kubernetes version envtest's kube-apiserver is built at (see hack/k8s-binaries.sh).
 K8S_VERSION ?= v1.31.4
 export K8S_VERSION
+# Which cluster make test-e2e uses: "current" (the one KUBECONFIG reaches, else the local
+# one) or "local" (always hack/cluster.sh's; make test uses this, so it never touches a
+# cluster of yours).
+E2E_CLUSTER ?= current
 
 ##@ Build
 
@@ -58,9 +62,15 @@ verify: generate ## Regenerate, tidy and format, then fail if anything changed.
 	@echo "verify: clean"
 
 .PHONY: lint
-lint: ## go vet and staticcheck (pinned in hack/tools/go.mod).
+lint: chart-lint ## go vet (also of the e2e suite), staticcheck and helm lint (pinned in hack/tools/go.mod).
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./test/e2e/
 	$(TOOL) staticcheck ./...
+	$(TOOL) staticcheck -tags e2e ./test/e2e/
+
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict the chart (pinned helm CLI).
+	$(TOOL) helm lint --strict charts/trellis
 
 ##@ Tests
 
@@ -69,15 +79,24 @@ envtest-assets: ## Build (once, cached) kube-apiserver $(K8S_VERSION) and link D
 	@hack/k8s-binaries.sh kube-apiserver >/dev/null
 
 .PHONY: test
-test: envtest-assets ## Unit, golden and envtest (real kube-apiserver + etcd) tests. What CI runs.
+test: test-unit ## Everything: unit, golden, envtest, network-namespace and (as root) the e2e suite. What CI runs.
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "test: SKIPPED the e2e suite: it runs a local cluster, which needs root (run make test-e2e as root)"; \
+	elif [ "$${E2E:-1}" = 0 ]; then \
+	  echo "test: SKIPPED the e2e suite: E2E=0"; \
+	else \
+	  $(MAKE) --no-print-directory test-e2e E2E_CLUSTER=local; \
+	fi
+
+.PHONY: test-unit
+test-unit: envtest-assets ## Unit, golden, envtest (real kube-apiserver + etcd) and network-namespace tests; no cluster.
 	$(GO) vet ./...
 	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh kube-apiserver)" TRELLIS_REQUIRE_ENVTEST=1 \
 	  TRELLIS_REQUIRE_NETNS=$$([ "$$(id -u)" = 0 ] && echo 1) $(GO) test -count=1 ./...
 
 .PHONY: test-e2e
-test-e2e: ## End-to-end suite on a real single-node cluster (arrives with issue 6).
-	@echo "test-e2e: not built yet. It will start a local cluster (hack/cluster), install the chart,"
-	@echo "deploy examples/ and assert on real traffic (issue 6)."; exit 2
+test-e2e: images ## End-to-end suite: real traffic on a real single-node cluster (hack/cluster.sh), chart installed by mesh install.
+	VERSION=$(VERSION) E2E_CLUSTER=$(E2E_CLUSTER) hack/e2e.sh
 
 ##@ Benchmarks (not tests: nothing here asserts on time)
 
@@ -93,9 +112,16 @@ bench-controlplane: ## Control-plane propagation at scale (arrives with issue 7)
 ##@ Run
 
 .PHONY: demo
-demo: ## The mesh on a local cluster with the demo app (arrives with issue 6).
-	@echo "demo: not built yet. It will start a local single-node cluster, build and load the images,"
-	@echo "install the chart, deploy examples/ and show the split, identities and metrics (issue 6)."; exit 2
+demo: images ## The mesh and the demo app on the cluster KUBECONFIG reaches, else on a local one (hack/cluster.sh).
+	VERSION=$(VERSION) hack/demo.sh
+
+.PHONY: cluster-up
+cluster-up: ## Start the local single-node cluster (or check it); prints its kubeconfig.
+	hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and undo everything it set up on this machine.
+	hack/cluster.sh down
 
 .PHONY: clean
 clean: ## Remove build output (the Kubernetes binary cache in ~/.cache/trellis is kept).

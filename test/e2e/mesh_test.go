@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -192,13 +193,16 @@ func TestStrictRefusesPlaintextAndPermissiveAcceptsIt(t *testing.T) {
 
 func setShopMode(t *testing.T, ctx context.Context, mode policyv1alpha1.MTLSMode) {
 	t.Helper()
-	var mc policyv1alpha1.MeshConfig
-	if err := k.c.Get(ctx, types.NamespacedName{Name: "default"}, &mc); err != nil {
-		t.Fatalf("the example's MeshConfig: %v", err)
-	}
-	overrides := slices.DeleteFunc(mc.Spec.MTLS.NamespaceOverrides, func(o policyv1alpha1.NamespaceMTLS) bool { return o.Namespace == shopNS })
-	mc.Spec.MTLS.NamespaceOverrides = append(overrides, policyv1alpha1.NamespaceMTLS{Namespace: shopNS, Mode: mode})
-	if err := k.c.Update(ctx, &mc); err != nil {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var mc policyv1alpha1.MeshConfig
+		if err := k.c.Get(ctx, types.NamespacedName{Name: "default"}, &mc); err != nil {
+			return fmt.Errorf("the example's MeshConfig: %w", err)
+		}
+		overrides := slices.DeleteFunc(mc.Spec.MTLS.NamespaceOverrides, func(o policyv1alpha1.NamespaceMTLS) bool { return o.Namespace == shopNS })
+		mc.Spec.MTLS.NamespaceOverrides = append(overrides, policyv1alpha1.NamespaceMTLS{Namespace: shopNS, Mode: mode})
+		return k.c.Update(ctx, &mc)
+	})
+	if err != nil {
 		t.Fatalf("set %s to %s: %v", shopNS, mode, err)
 	}
 }
@@ -222,21 +226,28 @@ func TestTrafficSplitWeightsAndChanges(t *testing.T) {
 	}
 
 	// Move everything to v2: the change must be in effect within 2 s.
-	var split splitv1alpha4.TrafficSplit
-	if err := k.c.Get(ctx, types.NamespacedName{Namespace: shopNS, Name: canarySplit}, &split); err != nil {
-		t.Fatal(err)
-	}
-	split.Spec.Backends = []splitv1alpha4.TrafficSplitBackend{{Service: "backend-v1", Weight: 0}, {Service: "backend-v2", Weight: 100}}
-	start := time.Now()
-	if err := k.c.Update(ctx, &split); err != nil {
-		t.Fatal(err)
-	}
+	setCanaryWeights(t, ctx, 0, 100)
 	elapsed := untilOnly(t, frontend, "http://backend:8080/", "v2", 30*time.Second)
 	t.Logf("the weight change was in effect %s after the update was accepted", elapsed.Round(time.Millisecond))
 	if elapsed > 2*time.Second {
 		t.Errorf("the weight change took %s to take effect, want within 2s", elapsed)
 	}
-	_ = start
+}
+
+// setCanaryWeights sets the example split's weights for backend-v1 and backend-v2.
+func setCanaryWeights(t *testing.T, ctx context.Context, v1, v2 int) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var split splitv1alpha4.TrafficSplit
+		if err := k.c.Get(ctx, types.NamespacedName{Namespace: shopNS, Name: canarySplit}, &split); err != nil {
+			return err
+		}
+		split.Spec.Backends = []splitv1alpha4.TrafficSplitBackend{{Service: "backend-v1", Weight: v1}, {Service: "backend-v2", Weight: v2}}
+		return k.c.Update(ctx, &split)
+	})
+	if err != nil {
+		t.Fatalf("set the canary weights to %d/%d: %v", v1, v2, err)
+	}
 }
 
 // untilOnly sends small batches until one is answered by version alone, and returns how
@@ -321,14 +332,21 @@ func TestFlaggerStyleSplitsInOlderVersions(t *testing.T) {
 			t.Cleanup(func() { _ = k.c.Delete(context.Background(), u) })
 			untilOnly(t, frontend, "http://backend:8080/", "v2", 30*time.Second)
 
-			// Promotion: all weight back to the primary, written through the same version.
-			if err := unstructured.SetNestedSlice(u.Object, []any{
-				map[string]any{"service": "backend-v1", "weight": int64(100)},
-				map[string]any{"service": "backend-v2", "weight": int64(0)},
-			}, "spec", "backends"); err != nil {
-				t.Fatal(err)
-			}
-			if err := k.c.Update(ctx, u); err != nil {
+			// Promotion: all weight back to the primary, written through the same version
+			// (read first: the control plane writes the status in between).
+			err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				if err := k.c.Get(ctx, client.ObjectKeyFromObject(u), u); err != nil {
+					return err
+				}
+				if err := unstructured.SetNestedSlice(u.Object, []any{
+					map[string]any{"service": "backend-v1", "weight": int64(100)},
+					map[string]any{"service": "backend-v2", "weight": int64(0)},
+				}, "spec", "backends"); err != nil {
+					return err
+				}
+				return k.c.Update(ctx, u)
+			})
+			if err != nil {
 				t.Fatalf("update the %s split: %v", version, err)
 			}
 			untilOnly(t, frontend, "http://backend:8080/", "v1", 30*time.Second)
@@ -450,14 +468,7 @@ func TestTrafficSurvivesTheControlPlaneAndNewConfigArrivesAfter(t *testing.T) {
 	r.requireAll(t, 200)
 
 	// A change made now cannot reach the proxies; they keep the 90/10 split.
-	var split splitv1alpha4.TrafficSplit
-	if err := k.c.Get(ctx, types.NamespacedName{Namespace: shopNS, Name: canarySplit}, &split); err != nil {
-		t.Fatal(err)
-	}
-	split.Spec.Backends = []splitv1alpha4.TrafficSplitBackend{{Service: "backend-v1", Weight: 0}, {Service: "backend-v2", Weight: 100}}
-	if err := k.c.Update(ctx, &split); err != nil {
-		t.Fatal(err)
-	}
+	setCanaryWeights(t, ctx, 0, 100)
 	time.Sleep(3 * time.Second)
 	k.exec(t, shopNS, frontend, &r, "get", "--url", "http://backend:8080/", "--n", "300", "--concurrency", "4")
 	r.requireAll(t, 200)
@@ -470,10 +481,8 @@ func TestTrafficSurvivesTheControlPlaneAndNewConfigArrivesAfter(t *testing.T) {
 	if err := scale(replicas); err != nil {
 		t.Fatal(err)
 	}
-	back := time.Now()
 	elapsed := untilOnly(t, frontend, "http://backend:8080/", "v2", 3*time.Minute)
 	t.Logf("the new split was in effect %s after the control plane was scaled back up", elapsed.Round(100*time.Millisecond))
-	_ = back
 }
 
 // untilShare waits until at least pct% of a batch goes to version.
