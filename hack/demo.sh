@@ -52,11 +52,12 @@ jq -rn --argjson split "$configured" --argjson r "$result" '
   | $split.spec.backends[]
   | (.service | sub("^backend-"; "")) as $v
   | "  \(.service): configured \(100 * .weight / $total | floor)%, observed \((100 * ($r.versions[$v] // 0) / $r.requests * 10 | round) / 10)%"'
-echo "$result" | jq -r '"  status codes: \(.status | to_entries | map("\(.key)×\(.value)") | join(", "))"'
+echo "$result" | jq -r '"  status codes: \(.statuses | to_entries | map("\(.key)×\(.value)") | join(", "))"'
 
 bold "Next:"
 cat <<EOF
   export KUBECONFIG=$KUBECONFIG
+  export PATH=$(hack/k8s-binaries.sh kubectl):$PWD/bin:\$PATH   # kubectl $(kubectl version --client -o json | jq -r .clientVersion.gitVersion) and mesh
   kubectl -n shop exec deploy/frontend -c app -- /trellis-demo get --url http://backend:8080/ --n 200
   kubectl -n shop patch trafficsplit backend-canary --type=merge -p '{"spec":{"backends":[{"service":"backend-v1","weight":50},{"service":"backend-v2","weight":50}]}}'
   kubectl -n shop exec deploy/echo -c app -- /trellis-demo get --url http://backend:8080/ --n 5   # denied: 403
