@@ -18,7 +18,10 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 need() {
   command -v "$1" >/dev/null 2>&1 && return
   log "installing $2 (Debian package)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null 2>&1 || {
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+  }
 }
 need jq jq
 
