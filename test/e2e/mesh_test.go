@@ -177,7 +177,7 @@ func TestStrictRefusesPlaintextAndPermissiveAcceptsIt(t *testing.T) {
 	setShopMode(t, ctx, policyv1alpha1.MTLSStrict)
 	eventually(t, 20*time.Second, "STRICT refuses a plaintext request from outside the mesh", func() error {
 		if r := plaintext(); r.ok() != 0 {
-			return fmt.Errorf("%d of %d plaintext requests got through: %v", r.ok(), r.Requests, r.Status)
+			return fmt.Errorf("%d of %d plaintext requests got through: %v", r.ok(), r.Requests, r.Statuses)
 		}
 		return nil
 	})
@@ -185,7 +185,7 @@ func TestStrictRefusesPlaintextAndPermissiveAcceptsIt(t *testing.T) {
 	t.Cleanup(func() { setShopMode(t, context.Background(), policyv1alpha1.MTLSStrict) })
 	eventually(t, 20*time.Second, "PERMISSIVE accepts a plaintext request", func() error {
 		if r := plaintext(); r.ok() != r.Requests || r.Requests == 0 {
-			return fmt.Errorf("%d of %d plaintext requests got through: %v %v", r.ok(), r.Requests, r.Status, r.Errors)
+			return fmt.Errorf("%d of %d plaintext requests got through: %v %v", r.ok(), r.Requests, r.Statuses, r.Errors)
 		}
 		return nil
 	})
@@ -265,7 +265,7 @@ func untilOnly(t *testing.T, pod, url, version string, timeout time.Duration) ti
 		}
 		last = r
 	}
-	t.Fatalf("after %s, still not only %s: %v (status %v)", timeout, version, last.Versions, last.Status)
+	t.Fatalf("after %s, still not only %s: %v (status %v)", timeout, version, last.Versions, last.Statuses)
 	return 0
 }
 
