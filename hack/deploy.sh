@@ -69,15 +69,15 @@ images:
 - name: trellis/demo
   newName: $(prefix trellis/demo)
   newTag: "$VERSION"
+patches:
+- target: {kind: Deployment}
+  patch: '[{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "$PULL_POLICY"}]'
+- target: {kind: Job}
+  patch: '[{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "$PULL_POLICY"}]'
 EOF
 # A Job's pod template cannot change: a new image means a new Job.
 kubectl -n "$APP_NS" delete job smoke --ignore-not-found >/dev/null 2>&1 || true
 kubectl apply --server-side --force-conflicts --field-manager=trellis-demo -k "$overlay" >/dev/null
-if [ "$PULL_POLICY" != IfNotPresent ]; then
-  kubectl -n "$APP_NS" get deploy -o name | while read -r d; do
-    kubectl -n "$APP_NS" patch "$d" --type=json -p "[{\"op\":\"replace\",\"path\":\"/spec/template/spec/containers/0/imagePullPolicy\",\"value\":\"$PULL_POLICY\"}]" >/dev/null
-  done
-fi
 
 # Pods created before the injector answered (an earlier, failed run) have no sidecar:
 # restart their Deployments so the webhook sees them.
