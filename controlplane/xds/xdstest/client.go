@@ -93,9 +93,9 @@ func (c *Client) recv() {
 		_ = c.send(&discovery.DiscoveryRequest{TypeUrl: resp.TypeUrl, ResourceNames: names, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
 		switch resp.TypeUrl {
 		case resourcev3.ListenerType:
-			c.follow(resourcev3.RouteType, routeNames(resp))
+			c.follow(resourcev3.RouteType, RouteNames(resp))
 		case resourcev3.ClusterType:
-			c.follow(resourcev3.EndpointType, edsNames(resp))
+			c.follow(resourcev3.EndpointType, EndpointNames(resp))
 		}
 	}
 }
@@ -111,7 +111,9 @@ func (c *Client) follow(typeURL string, names []string) {
 	_ = c.Subscribe(typeURL, names...)
 }
 
-func routeNames(resp *discovery.DiscoveryResponse) []string {
+// RouteNames lists, sorted and once each, the route configurations the listeners of a
+// listener response name (the RDS names an ADS client subscribes to next).
+func RouteNames(resp *discovery.DiscoveryResponse) []string {
 	var out []string
 	for _, a := range resp.Resources {
 		l := &listenerv3.Listener{}
@@ -132,7 +134,9 @@ func routeNames(resp *discovery.DiscoveryResponse) []string {
 	return slices.Compact(out)
 }
 
-func edsNames(resp *discovery.DiscoveryResponse) []string {
+// EndpointNames lists, sorted and once each, the endpoint assignments the EDS clusters of a
+// cluster response need (the EDS names an ADS client subscribes to next).
+func EndpointNames(resp *discovery.DiscoveryResponse) []string {
 	var out []string
 	for _, a := range resp.Resources {
 		cl := &clusterv3.Cluster{}
