@@ -14,6 +14,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/discovery"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -24,19 +25,19 @@ import (
 	"github.com/trellis-mesh/trellis/internal/kubetest"
 )
 
-// serviceCIDR holds the cluster IPs meshstatetest gives its services (10.96.x.y); envtest's
-// default range (a /24) is too small for 1000 Services.
+// serviceCIDR is the range of cluster IPs: envtest's default (a /24) is too small for 1000
+// Services.
 const serviceCIDR = "10.96.0.0/16"
 
 // startAPIServer starts envtest's kube-apiserver and etcd with the Trellis CRDs.
-func startAPIServer() (*envtest.Environment, client.Client, error) {
+func startAPIServer() (*envtest.Environment, client.Client, string, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		return nil, nil, fmt.Errorf("KUBEBUILDER_ASSETS is not set, so there is no kube-apiserver to run: " +
+		return nil, nil, "", fmt.Errorf("KUBEBUILDER_ASSETS is not set, so there is no kube-apiserver to run: " +
 			"run `make bench-controlplane`, or `export KUBEBUILDER_ASSETS=$(hack/k8s-binaries.sh kube-apiserver)` first")
 	}
 	sch, err := kubetest.Scheme()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join(kubetest.RepoRoot(), "charts", "trellis", "crds")},
@@ -46,16 +47,22 @@ func startAPIServer() (*envtest.Environment, client.Client, error) {
 	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", serviceCIDR)
 	cfg, err := env.Start()
 	if err != nil {
-		return nil, nil, fmt.Errorf("start kube-apiserver and etcd from %s: %w", os.Getenv("KUBEBUILDER_ASSETS"), err)
+		return nil, nil, "", fmt.Errorf("start kube-apiserver and etcd from %s: %w", os.Getenv("KUBEBUILDER_ASSETS"), err)
 	}
 	// The setup writes tens of thousands of objects: no client-side rate limit.
 	cfg.QPS, cfg.Burst = -1, 0
 	c, err := client.New(cfg, client.Options{Scheme: sch})
 	if err != nil {
 		_ = env.Stop()
-		return nil, nil, fmt.Errorf("client: %w", err)
+		return nil, nil, "", fmt.Errorf("client: %w", err)
 	}
-	return env, c, nil
+	version := "?"
+	if dc, err := discovery.NewDiscoveryClientForConfig(cfg); err == nil {
+		if info, err := dc.ServerVersion(); err == nil {
+			version = info.GitVersion
+		}
+	}
+	return env, c, version, nil
 }
 
 // populate writes the model st as Kubernetes objects: meshed namespaces, ServiceAccounts,
@@ -177,16 +184,12 @@ func meshedPod(p *meshstate.Pod) *corev1.Pod {
 	}
 }
 
+// service leaves the cluster IP to the apiserver (meshstatetest's first one, 10.96.0.0, is a
+// network address the apiserver refuses).
 func service(s *meshstate.Service) *corev1.Service {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: s.Key.Namespace, Name: s.Key.Name},
 		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": s.Key.Name}},
-	}
-	for _, ip := range s.ClusterIPs {
-		svc.Spec.ClusterIPs = append(svc.Spec.ClusterIPs, ip.String())
-	}
-	if len(svc.Spec.ClusterIPs) > 0 {
-		svc.Spec.ClusterIP = svc.Spec.ClusterIPs[0]
 	}
 	for _, p := range s.Ports {
 		target := intstr.Parse(p.TargetPort)

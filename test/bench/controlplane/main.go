@@ -36,8 +36,11 @@ type options struct {
 	VerifyEvery    int
 
 	Results string // directory; empty: do not write
-	Note    string // what else ran on the machine, for the header
-	Quiet   bool
+	Profile string // directory for pprof profiles of the control plane; empty: none
+	// ProfileSeconds is how long the CPU profile taken from the first round on lasts.
+	ProfileSeconds int
+	Note           string // what else ran on the machine, for the header
+	Quiet          bool
 }
 
 func defaultOptions() options {
@@ -56,6 +59,7 @@ func defaultOptions() options {
 		Writers:        16,
 		VerifyEvery:    50,
 		Results:        "test/bench/results",
+		ProfileSeconds: 30,
 	}
 }
 
@@ -96,6 +100,8 @@ and writes it to --results. Everything listens on 127.0.0.1; everything started 
 	fs.IntVar(&opts.Writers, "writers", opts.Writers, "concurrent writers to the apiserver during setup")
 	fs.IntVar(&opts.VerifyEvery, "verify-every", opts.VerifyEvery, "check the new weights in the route of every n-th proxy (0: never)")
 	fs.StringVar(&opts.Results, "results", opts.Results, "directory for controlplane-<date>.md and controlplane-latest.md; empty: print only")
+	fs.StringVar(&opts.Profile, "profile", opts.Profile, "run a build of the control plane that serves pprof (test/bench/controlplane/profiled) and save heap profiles after the connect and the rounds and a CPU profile of the rounds into this directory")
+	fs.IntVar(&opts.ProfileSeconds, "profile-seconds", opts.ProfileSeconds, "length of the CPU profile, from the first round on")
 	fs.StringVar(&opts.Note, "note", opts.Note, "what else ran on the machine, recorded in the report")
 	fs.BoolVarP(&opts.Quiet, "quiet", "q", opts.Quiet, "no progress on stderr")
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,7 +24,7 @@ type controlPlane struct {
 	grpcAddr, metricsAddr, healthAddr string
 }
 
-func startControlPlane(opts options, kubeconfig []byte, dir string) (*controlPlane, error) {
+func startControlPlane(opts options, kubeconfig []byte, dir string, env ...string) (*controlPlane, error) {
 	kc := filepath.Join(dir, "kubeconfig")
 	if err := os.WriteFile(kc, kubeconfig, 0o600); err != nil {
 		return nil, err
@@ -58,7 +59,7 @@ func startControlPlane(opts options, kubeconfig []byte, dir string) (*controlPla
 		"--debounce", opts.Debounce.String(),
 	)
 	cp.cmd.Stdout, cp.cmd.Stderr = logFile, logFile
-	cp.cmd.Env = append(os.Environ(), "POD_NAMESPACE="+controlPlaneNamespace)
+	cp.cmd.Env = append(append(os.Environ(), "POD_NAMESPACE="+controlPlaneNamespace), env...)
 	// If the benchmark dies, the control plane goes with it.
 	cp.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cp.cmd.Start(); err != nil {
@@ -131,4 +132,38 @@ func tail(path string) string {
 		b = b[len(b)-n:]
 	}
 	return "\n--- last lines ---\n" + string(b)
+}
+
+// buildProfiled builds the control plane with pprof (./profiled) into dir.
+func buildProfiled(repoRoot, dir string) (string, error) {
+	out := filepath.Join(dir, "trellis-controlplane-profiled")
+	cmd := exec.Command("go", "build", "-o", out, "./test/bench/controlplane/profiled")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build the profiled control plane: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+// saveProfile stores what GET url answers (a pprof profile) in path.
+func saveProfile(url, path string, timeout time.Duration) error {
+	c := &http.Client{Timeout: timeout}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

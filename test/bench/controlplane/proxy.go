@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/trellis-mesh/trellis/controlplane/xds/xdstest"
 )
@@ -43,6 +45,7 @@ type proxy struct {
 	names  map[string][]string
 	acked  map[string]string // type URL → version last ACKed
 	nonces map[string]string // type URL → nonce of the latest response
+	sizes  map[string]int    // type URL → encoded size of the latest response (proxy 0 only)
 	ready  chan struct{}     // closed once every type has been ACKed once
 	isDone bool
 	err    error
@@ -103,7 +106,7 @@ func (d dialer) connect(ctx context.Context, idx int, node string, cert tls.Cert
 	}
 	p := &proxy{
 		idx: idx, node: &core.Node{Id: node}, conn: conn, ads: ads,
-		names: map[string][]string{}, acked: map[string]string{}, nonces: map[string]string{},
+		names: map[string][]string{}, acked: map[string]string{}, nonces: map[string]string{}, sizes: map[string]int{},
 		ready: make(chan struct{}), ended: make(chan struct{}),
 	}
 	go p.recv()
@@ -145,6 +148,9 @@ func (p *proxy) recv() {
 		p.mu.Lock()
 		p.acked[t] = resp.GetVersionInfo()
 		p.nonces[t] = resp.GetNonce()
+		if p.idx == 0 {
+			p.sizes[t] = proto.Size(resp)
+		}
 		if !p.isDone && len(p.acked) == len(adsTypes) {
 			p.isDone = true
 			close(p.ready)
@@ -227,6 +233,13 @@ func routeWeights(resp *discovery.DiscoveryResponse, name string, want map[strin
 		return false
 	}
 	return false
+}
+
+// responseSizes are the encoded sizes of the latest response of each type (proxy 0 only).
+func (p *proxy) responseSizes() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.sizes)
 }
 
 // rdsVersion is the route version the proxy last ACKed.

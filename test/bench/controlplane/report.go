@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
 	"github.com/trellis-mesh/trellis/controlplane/meshstate"
 )
 
@@ -44,6 +46,7 @@ type report struct {
 	loadStart, loadEnd string
 
 	objects      int
+	kubeVersion  string
 	setup        time.Duration
 	cpReady      time.Duration
 	cpLog        string
@@ -55,8 +58,9 @@ type report struct {
 	memEnd       memory
 	rounds       []*roundResult
 	streamsEnded int
+	sizes        map[string]int // type URL → bytes of one proxy's latest response
 
-	rebuilds, rebuildSeconds float64
+	rebuilds, rebuildSeconds  float64
 	pushLatencyN, pushLatency float64
 	pushes                    float64
 }
@@ -79,6 +83,8 @@ func ms(d time.Duration) string {
 func secs(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+func kib(b int) string { return fmt.Sprintf("%.0f KiB", float64(b)/(1<<10)) }
 
 func verdict(ok bool) string {
 	if ok {
@@ -103,10 +109,14 @@ func (r *report) markdown() string {
 		p("- Also running: %s\n", o.Note)
 	}
 	p("- Mesh (envtest kube-apiserver %s + etcd): %d namespaces, %d Services, %d endpoints in %d EndpointSlices, %d meshed Pods, %d TrafficSplits, %d TrafficPolicies, %d AuthorizationPolicies; %d objects written in %s.\n",
-		envOr("K8S_VERSION", "?"), len(r.model.Namespaces), len(r.model.Services), endpoints, len(r.model.EndpointSlices),
+		r.kubeVersion, len(r.model.Namespaces), len(r.model.Services), endpoints, len(r.model.EndpointSlices),
 		len(r.model.Pods), len(r.model.Splits), len(r.model.TrafficPolicies), len(r.model.AuthorizationPolicies), r.objects, secs(r.setup))
-	p("- Control plane: `%s` as a child process (debounce %s, leader election on, user-supplied CA); %d simulated proxies, each its own TLS connection, X.509-SVID and ADS stream, ACKing every response; %d rounds.\n",
-		o.ControlPlane, o.Debounce, r.connectEach.n, o.Rounds)
+	binary := "`" + o.ControlPlane + "`"
+	if o.Profile != "" {
+		binary = "the build with pprof (test/bench/controlplane/profiled; profiles in " + o.Profile + ")"
+	}
+	p("- Control plane: %s as a child process (debounce %s, leader election on, user-supplied CA); %d simulated proxies, each its own TLS connection, X.509-SVID and ADS stream, ACKing every response; %d rounds.\n",
+		binary, o.Debounce, r.connectEach.n, o.Rounds)
 	p("- Run took %s. Go %s.\n\n", secs(r.finished.Sub(r.started)), runtime.Version())
 
 	all := r.allLatencies()
@@ -153,6 +163,11 @@ func (r *report) markdown() string {
 	if checked > 0 {
 		p("Content check: %d routes (every %d-th proxy, each round) decoded; %d had other weights than the update's.\n", checked, o.VerifyEvery, wrong)
 	}
+	if rds := r.sizes[resourcev3.RouteType]; rds > 0 {
+		p("Sizes of one proxy's responses: CDS %s, EDS %s, LDS %s, RDS %s. State-of-the-world xDS resends every route configuration on a change, so one weight change is %d × %s = %s of RDS on the wire.\n",
+			kib(r.sizes[resourcev3.ClusterType]), kib(r.sizes[resourcev3.EndpointType]), kib(r.sizes[resourcev3.ListenerType]), kib(rds),
+			r.connectEach.n, kib(rds), mib(int64(rds)*int64(r.connectEach.n)))
+	}
 	if r.streamsEnded > 0 {
 		p("**%d streams ended during the run.**\n", r.streamsEnded)
 	}
@@ -187,11 +202,4 @@ func (r *report) write(text string) ([]string, error) {
 		}
 	}
 	return paths, nil
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"github.com/trellis-mesh/trellis/controlplane/identity"
 	"github.com/trellis-mesh/trellis/controlplane/meshstate"
 	"github.com/trellis-mesh/trellis/controlplane/meshstate/meshstatetest"
+	"github.com/trellis-mesh/trellis/internal/kubetest"
 )
 
 const (
@@ -37,13 +39,40 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	if opts.Splits < 1 || opts.Services < 2*opts.Namespaces+1 {
 		return errors.New("the benchmark updates a TrafficSplit: it needs --splits ≥ 1 and --services > 2 × --namespaces")
 	}
-	if _, err := os.Stat(opts.ControlPlane); err != nil {
-		return fmt.Errorf("control plane binary %s: %w (run `make build`, or pass --controlplane)", opts.ControlPlane, err)
-	}
 	progress := func(format string, a ...any) {
 		if !opts.Quiet {
 			fmt.Fprintf(stderr, "bench-controlplane: "+format+"\n", a...)
 		}
+	}
+	dir, err := os.MkdirTemp("", "bench-controlplane-")
+	if err != nil {
+		return err
+	}
+	success := false
+	defer func() {
+		if success {
+			os.RemoveAll(dir)
+		} else {
+			fmt.Fprintf(stderr, "bench-controlplane: kept %s (the control plane's log and kubeconfig)\n", dir)
+		}
+	}()
+	var cpEnv []string
+	pprofAddr := ""
+	if opts.Profile != "" {
+		if err := os.MkdirAll(opts.Profile, 0o755); err != nil {
+			return err
+		}
+		progress("building the control plane with pprof")
+		if opts.ControlPlane, err = buildProfiled(kubetest.RepoRoot(), dir); err != nil {
+			return err
+		}
+		if pprofAddr, err = freeAddr(); err != nil {
+			return err
+		}
+		cpEnv = append(cpEnv, "TRELLIS_PPROF_ADDR="+pprofAddr)
+	}
+	if _, err := os.Stat(opts.ControlPlane); err != nil {
+		return fmt.Errorf("control plane binary %s: %w (run `make build`, or pass --controlplane)", opts.ControlPlane, err)
 	}
 	rep := &report{opts: opts, started: time.Now(), loadStart: loadAvg()}
 	if err := raiseFileLimit(); err != nil {
@@ -60,7 +89,7 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	nodes := meshstatetest.ProxyPods(size, opts.Proxies)
 
 	progress("starting kube-apiserver and etcd (envtest)")
-	env, c, err := startAPIServer()
+	env, c, kubeVersion, err := startAPIServer()
 	if err != nil {
 		return err
 	}
@@ -76,7 +105,7 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("write the mesh into the apiserver: %w", err)
 	}
-	rep.objects, rep.setup = n, time.Since(t)
+	rep.objects, rep.setup, rep.kubeVersion = n, time.Since(t), kubeVersion
 	progress("wrote %d objects in %s", n, rep.setup.Round(time.Millisecond))
 
 	td := spiffeid.RequireTrustDomainFromString(meshstate.DefaultTrustDomain)
@@ -100,19 +129,7 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	}
 	progress("signed %d workload certificates in %s", len(certs), time.Since(t).Round(time.Millisecond))
 
-	dir, err := os.MkdirTemp("", "bench-controlplane-")
-	if err != nil {
-		return err
-	}
-	success := false
-	defer func() {
-		if success {
-			os.RemoveAll(dir)
-		} else {
-			fmt.Fprintf(stderr, "bench-controlplane: kept %s (the control plane's log and kubeconfig)\n", dir)
-		}
-	}()
-	cp, err := startControlPlane(opts, env.KubeConfig, dir)
+	cp, err := startControlPlane(opts, env.KubeConfig, dir, cpEnv...)
 	if err != nil {
 		return err
 	}
@@ -165,6 +182,19 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	rep.memConnected, _ = readMemory(cp.pid)
 	progress("all %d proxies have ACKed their initial configuration in %s; control plane RSS %s", len(nodes), rep.connect.Round(time.Millisecond), mib(rep.memConnected.rss))
 
+	profile := func(name, query string, timeout time.Duration) {
+		if pprofAddr == "" {
+			return
+		}
+		path := filepath.Join(opts.Profile, name)
+		if err := saveProfile("http://"+pprofAddr+"/debug/pprof/"+query, path, timeout); err != nil {
+			progress("profile %s: %v", name, err)
+			return
+		}
+		progress("saved %s", path)
+	}
+	profile("heap-connected.pb.gz", "heap", time.Minute)
+
 	// Measured rounds.
 	split := st.Splits[meshstate.Key{Namespace: "ns-0", Name: "split-0"}]
 	if split == nil {
@@ -172,6 +202,11 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	}
 	time.Sleep(opts.Settle)
 	metrics0, _ := scrape("http://"+cp.metricsAddr+"/metrics", xdsMetricNames...)
+	cpuProfile := make(chan struct{})
+	go func() {
+		defer close(cpuProfile)
+		profile("cpu-rounds.pb.gz", fmt.Sprintf("profile?seconds=%d", opts.ProfileSeconds), time.Duration(opts.ProfileSeconds+60)*time.Second)
+	}()
 	for r := range opts.Rounds {
 		res, err := measureRound(ctx, opts, c, cp, proxies, split, r)
 		if err != nil {
@@ -185,8 +220,11 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 		}
 	}
 	metrics1, _ := scrape("http://"+cp.metricsAddr+"/metrics", xdsMetricNames...)
+	<-cpuProfile
+	profile("heap-end.pb.gz", "heap", time.Minute)
 	rep.metricsDelta(metrics0, metrics1)
 	rep.memEnd, _ = readMemory(cp.pid)
+	rep.sizes = proxies[0].responseSizes()
 	for _, p := range proxies {
 		if p.streamErr() != nil {
 			rep.streamsEnded++
