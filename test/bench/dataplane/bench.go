@@ -41,6 +41,10 @@ type runRecord struct {
 	ServerCPU   float64 `json:"serverCPU"`
 	BackendCPU  float64 `json:"backendCPU"`
 	MachineBusy float64 `json:"machineBusy"`
+	Wall        float64 `json:"wall"` // seconds the run took, start to exit of the load generator
+	// Read and write system calls of the client-side and server-side proxies (/proc/<pid>/io).
+	ClientSyscalls uint64 `json:"clientSyscalls"`
+	ServerSyscalls uint64 `json:"serverSyscalls"`
 }
 
 // bench is one benchmark run in progress.

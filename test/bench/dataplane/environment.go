@@ -51,13 +51,13 @@ func collectEnvironment(o options) environment {
 		f.Close()
 	}
 	e.Versions = []string{
-		"trellis-proxy " + firstLine(o.ProxyBin, "version"),
+		firstLine(o.ProxyBin, "version"),
 		firstLine("nginx", "-v"),
 		firstLine("haproxy", "-v"),
-		"fortio " + firstLine(o.FortioBin, "version"),
+		"fortio " + moduleVersion(o.FortioBin),
 	}
 	if o.GhzBin != "" {
-		e.Versions = append(e.Versions, "ghz "+firstLine(o.GhzBin, "--version"))
+		e.Versions = append(e.Versions, "ghz "+moduleVersion(o.GhzBin))
 	}
 	e.OtherCommandsSeen = busyProcesses()
 	return e
@@ -101,4 +101,19 @@ func busyProcesses() []string {
 		}
 	}
 	return out
+}
+
+// moduleVersion is the main module version a Go binary was built from (go version -m).
+func moduleVersion(bin string) string {
+	out, err := exec.Command("go", "version", "-m", bin).Output()
+	if err != nil {
+		return "(version unknown)"
+	}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == "mod" {
+			return f[2]
+		}
+	}
+	return "(version unknown)"
 }

@@ -9,8 +9,13 @@ import (
 	"time"
 )
 
-// rssSnapshot is the peak RSS (VmHWM) of each side of each pair, in bytes.
-type rssSnapshot map[string][2]int64
+// sideMem is one side of a pair: peak RSS (VmHWM) and, at the time of the snapshot, the
+// anonymous (private) part of the RSS (RssAnon: heap, stacks; the rest is mapped files,
+// the binary and its libraries), in bytes, summed over the side's processes.
+type sideMem struct{ HWM, Anon int64 }
+
+// rssSnapshot is the memory of the client and server side of each pair.
+type rssSnapshot map[string][2]sideMem
 
 // rssAll holds the snapshot taken after the fixed-rate rounds (the "at 1000 rps" figure)
 // and the one at the end (after saturation and gRPC).
@@ -18,9 +23,10 @@ type rssAll struct{ Fixed, End rssSnapshot }
 
 func (b *bench) snapshotRSS() rssSnapshot {
 	s := rssSnapshot{}
+	mem := func(p *process) sideMem { return sideMem{HWM: treeHWM(p.pid()), Anon: treeAnon(p.pid())} }
 	for _, t := range b.targets {
 		if t.client != nil {
-			s[t.name] = [2]int64{treeHWM(t.client.pid()), treeHWM(t.server.pid())}
+			s[t.name] = [2]sideMem{mem(t.client), mem(t.server)}
 		}
 	}
 	return s
@@ -106,7 +112,14 @@ func (b *bench) one(ctx context.Context, t *target, kind string, round int, fn f
 		}
 		return c, s, treeCPU(b.backend.pid())
 	}
+	sys := func() (c, s uint64) {
+		if t.client != nil {
+			c, s = treeSyscalls(t.client.pid()), treeSyscalls(t.server.pid())
+		}
+		return c, s
+	}
 	c0, s0, be0 := cpu()
+	cs0, ss0 := sys()
 	busy0, _ := machineCPU()
 	startAt := time.Now()
 	res, err := fn(ctx)
@@ -115,8 +128,10 @@ func (b *bench) one(ctx context.Context, t *target, kind string, round int, fn f
 	}
 	busy1, _ := machineCPU()
 	c1, s1, be1 := cpu()
+	cs1, ss1 := sys()
 	rec := runRecord{Target: t.name, Kind: kind, Round: round, Start: startAt, loadResult: res,
-		ClientCPU: c1 - c0, ServerCPU: s1 - s0, BackendCPU: be1 - be0, MachineBusy: float64(busy1-busy0) / clockTicks}
+		ClientCPU: c1 - c0, ServerCPU: s1 - s0, BackendCPU: be1 - be0, MachineBusy: float64(busy1-busy0) / clockTicks, Wall: time.Since(startAt).Seconds(),
+		ClientSyscalls: cs1 - cs0, ServerSyscalls: ss1 - ss0}
 	b.records = append(b.records, rec)
 	b.log.Info("run", "kind", kind, "round", round, "target", t.name,
 		"rps", fmt.Sprintf("%.0f", res.RPS), "errors", res.Errors,

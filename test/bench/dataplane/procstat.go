@@ -103,6 +103,17 @@ func statusKB(pid int, key string) (int64, error) {
 	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, key)
 }
 
+// treeAnon is the sum of RssAnon of pid and its descendants, in bytes.
+func treeAnon(pid int) int64 {
+	var kb int64
+	for _, p := range tree(pid) {
+		if v, err := statusKB(p, "RssAnon"); err == nil {
+			kb += v
+		}
+	}
+	return kb * 1024
+}
+
 // treeHWM is the sum of the peak resident set sizes (VmHWM) of pid and its descendants, in
 // bytes: for nginx, master plus worker(s); for the Go sidecar and HAProxy, the process.
 func treeHWM(pid int) int64 {
@@ -155,4 +166,24 @@ func rusageSeconds(ru *syscall.Rusage) float64 {
 		return 0
 	}
 	return float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
+}
+
+// treeSyscalls is the read and write system calls (syscr + syscw of /proc/<pid>/io, summed
+// over threads) made so far by pid and its descendants.
+func treeSyscalls(pid int) uint64 {
+	var n uint64
+	for _, p := range tree(pid) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", p))
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if ok && (k == "syscr" || k == "syscw") {
+				x, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+				n += x
+			}
+		}
+	}
+	return n
 }

@@ -35,6 +35,9 @@ type agg struct {
 	LoadgenCPU   float64
 	Seconds      float64
 	MachineBusy  float64
+	Wall         float64
+	ClientSys    uint64
+	ServerSys    uint64
 	RoundsMerged int
 }
 
@@ -44,6 +47,14 @@ func (a agg) perK(sec float64) float64 {
 		return math.NaN()
 	}
 	return sec / float64(a.Requests) * 1000
+}
+
+// perReq is n per request.
+func (a agg) perReq(n uint64) float64 {
+	if a.Requests == 0 {
+		return math.NaN()
+	}
+	return float64(n) / float64(a.Requests)
 }
 
 func aggregate(records []runRecord, kind, target string) agg {
@@ -71,6 +82,9 @@ func aggregate(records []runRecord, kind, target string) agg {
 		a.LoadgenCPU += r.LoadgenCPU
 		a.Seconds += r.Seconds
 		a.MachineBusy += r.MachineBusy
+		a.Wall += r.Wall
+		a.ClientSys += r.ClientSyscalls
+		a.ServerSys += r.ServerSyscalls
 		if d, ok := direct[r.Round]; ok {
 			for k, v := range r.P {
 				a.RoundAdded[k] = append(a.RoundAdded[k], v-d.P[k])
@@ -153,9 +167,9 @@ func buildReport(o options, env environment, records []runRecord, rss rssAll) re
 	w.WriteString("\n\n")
 
 	fmt.Fprintf(&w, "## Proxy cost at %d rps\n\n", o.QPS)
-	w.WriteString("CPU seconds per 1000 requests, from `/proc/<pid>/stat` (utime+stime of the proxy and its children) over the fixed-rate runs; the same number is vCPU per 1000 rps. Peak RSS is VmHWM after the fixed-rate rounds (nginx: master + worker).\n\n")
-	w.WriteString("| pair | CPU client side | CPU server side | CPU pair | peak RSS client side | peak RSS server side | backend CPU | load generator CPU |\n")
-	w.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	w.WriteString("CPU seconds per 1000 requests, from `/proc/<pid>/stat` (utime+stime of the proxy and its children) over the fixed-rate runs; the same number is vCPU per 1000 rps. Peak RSS is VmHWM after the fixed-rate rounds, summed over the side's processes (nginx: master + worker, which share their mapped files); in brackets the anonymous (private) part then (RssAnon), the rest being the mapped binary and libraries. Syscalls: read and write calls per request from `/proc/<pid>/io` (send/recv are not counted there, so HAProxy shows none).\n\n")
+	w.WriteString("| pair | CPU client side | CPU server side | CPU pair | peak RSS client side | peak RSS server side | read+write syscalls per request (client / server) | backend CPU | load generator CPU |\n")
+	w.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, n := range names {
 		a := fixed[n]
 		if !a.present {
@@ -163,16 +177,20 @@ func buildReport(o options, env environment, records []runRecord, rss rssAll) re
 		}
 		r := rss.Fixed[n]
 		if n == "direct" {
-			fmt.Fprintf(&w, "| direct | – | – | – | – | – | %.3f | %.3f |\n", a.perK(a.BackendCPU), a.perK(a.LoadgenCPU))
+			fmt.Fprintf(&w, "| direct | – | – | – | – | – | – | %.3f | %.3f |\n", a.perK(a.BackendCPU), a.perK(a.LoadgenCPU))
 			continue
 		}
-		fmt.Fprintf(&w, "| %s | %.3f | %.3f | **%.3f** | %s | %s | %.3f | %.3f |\n", n, a.perK(a.ClientCPU), a.perK(a.ServerCPU),
-			a.perK(a.ClientCPU+a.ServerCPU), mb(r[0]), mb(r[1]), a.perK(a.BackendCPU), a.perK(a.LoadgenCPU))
+		sys := "–"
+		if a.ClientSys+a.ServerSys > 0 {
+			sys = fmt.Sprintf("%.1f / %.1f", a.perReq(a.ClientSys), a.perReq(a.ServerSys))
+		}
+		fmt.Fprintf(&w, "| %s | %.3f | %.3f | **%.3f** | %s | %s | %s | %.3f | %.3f |\n", n, a.perK(a.ClientCPU), a.perK(a.ServerCPU),
+			a.perK(a.ClientCPU+a.ServerCPU), memCell(r[0]), memCell(r[1]), sys, a.perK(a.BackendCPU), a.perK(a.LoadgenCPU))
 	}
 	if t, ok := fixed["trellis"]; ok && t.present {
 		cpuR, cpuPeer := ratioToBest(fixed, "", func(a agg, _ string) float64 { return a.perK(a.ClientCPU + a.ServerCPU) }, false)
 		rssR, rssPeer := bestRSSRatio(rss.Fixed)
-		fmt.Fprintf(&w, "| **Trellis ÷ best peer** | | | %s | %s | | | |\n", ratioCell(cpuR, cpuPeer), ratioCell(rssR, rssPeer))
+		fmt.Fprintf(&w, "| **Trellis ÷ best peer** | | | %s | %s | | | | |\n", ratioCell(cpuR, cpuPeer), ratioCell(rssR, rssPeer))
 	}
 	w.WriteString("\n")
 
@@ -191,7 +209,7 @@ func buildReport(o options, env environment, records []runRecord, rss rssAll) re
 			cpu, mem := "–", "–"
 			if n != "direct" {
 				cpu = fmt.Sprintf("%.3f", a.perK(a.ClientCPU+a.ServerCPU))
-				mem = mb(rss.End[n][0]) + " / " + mb(rss.End[n][1])
+				mem = mb(rss.End[n][0].HWM) + " / " + mb(rss.End[n][1].HWM)
 			}
 			fmt.Fprintf(&w, "| %s | %.0f | %.2f | %d | %s | %s | %s | %s |\n", n, a.RPS, a.RPS/sat["direct"].RPS, a.Errors, usf(a.P["50"]), usf(a.P["99"]), cpu, mem)
 		}
@@ -247,7 +265,7 @@ func buildReport(o options, env environment, records []runRecord, rss rssAll) re
 		for _, n := range names {
 			a := fixed[n]
 			busy += a.MachineBusy
-			secs += a.Seconds
+			secs += a.Wall
 			ours += a.ClientCPU + a.ServerCPU + a.BackendCPU + a.LoadgenCPU
 		}
 		fmt.Fprintf(&w, " During the fixed-rate runs the machine was %.2f vCPU busy on average, of which %.2f vCPU the measured processes (the rest: kernel network work, idle proxies, anything else).", busy/secs, ours/secs)
@@ -280,8 +298,8 @@ func writeTargets(w *strings.Builder, o options, fixed, sat map[string]agg, rss 
 	cpu := t.perK(t.ClientCPU + t.ServerCPU)
 	fmt.Fprintf(w, "| proxy CPU, pair, at %d rps | %.3f vCPU per 1000 rps | ≤ %.2f | %s | %s |\n", o.QPS, cpu, targetCPU, status(cpu <= targetCPU), gapRel(cpu, targetCPU))
 	r := rss.Fixed["trellis"]
-	worst := max(r[0], r[1])
-	fmt.Fprintf(w, "| peak RSS per sidecar at %d rps | client %s, server %s | ≤ 15 MB | %s | %s |\n", o.QPS, mb(r[0]), mb(r[1]), status(float64(worst) <= targetRSS), gapRel(float64(worst), targetRSS))
+	worst := max(r[0].HWM, r[1].HWM)
+	fmt.Fprintf(w, "| peak RSS per sidecar at %d rps | client %s, server %s | ≤ 15 MB | %s | %s |\n", o.QPS, mb(r[0].HWM), mb(r[1].HWM), status(float64(worst) <= targetRSS), gapRel(float64(worst), targetRSS))
 	if st, ok := sat["trellis"]; ok && st.present {
 		if ng, ok := sat["nginx"]; ok && ng.present {
 			fmt.Fprintf(w, "| saturation throughput ≥ nginx pair | %.0f rps | ≥ %.0f rps | %s | %s |\n", st.RPS, ng.RPS, status(st.RPS >= ng.RPS),
@@ -341,16 +359,16 @@ func bestRSSRatio(s rssSnapshot) (float64, string) {
 	}
 	best, peer := int64(0), ""
 	for _, p := range peers {
-		if r, ok := s[p]; ok && (peer == "" || r[0]+r[1] < best) {
-			best, peer = r[0]+r[1], p
+		if r, ok := s[p]; ok && (peer == "" || r[0].HWM+r[1].HWM < best) {
+			best, peer = r[0].HWM+r[1].HWM, p
 		}
 	}
-	return float64(t[0]+t[1]) / float64(best), peer + ", pair total"
+	return float64(t[0].HWM+t[1].HWM) / float64(best), peer + ", pair total"
 }
 
 func ratioCell(r float64, peer string) string {
-	if peer == "" || math.IsNaN(r) || math.IsInf(r, 0) {
-		return "–"
+	if peer == "" || math.IsNaN(r) || math.IsInf(r, 0) || r < 0 {
+		return "–" // no peer, or a peer that added nothing (noise): no meaningful ratio
 	}
 	return fmt.Sprintf("**%.2f** (%s)", r, peer)
 }
@@ -378,6 +396,13 @@ func joinUS(xs []float64) string {
 		s[i] = fmt.Sprintf("%+.0f", x*1e6)
 	}
 	return strings.Join(s, ",")
+}
+
+func memCell(m sideMem) string {
+	if m.HWM == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%s (%s)", mb(m.HWM), mb(m.Anon))
 }
 
 func mb(b int64) string {
