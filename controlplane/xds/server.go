@@ -341,11 +341,21 @@ func (s *Server) push(gen *generation, node string) error {
 	if err != nil {
 		return err
 	}
+	// The proxy's current snapshot: a type whose version is unchanged keeps its map instead of
+	// cloning the shared one again (a weight change touches routes only, yet cloning every
+	// type cost most of a rebuild). Equal versions mean equal content, and snapshots are
+	// never written once set, so sharing the map is safe even if another push replaces it.
+	old, oldErr := s.cache.GetSnapshot(node)
 	snap := &cachev3.Snapshot{}
 	for typ, own := range byType(in) {
 		shared := gen.shared[typ]
 		res := shared
 		if len(own) > 0 {
+			version := shared.Version + "." + gen.hash.version(own)
+			if oldErr == nil && old.GetVersion(typ) == version {
+				snap.Resources[cachev3.GetResponseType(typ)] = cachev3.Resources{Version: version, Items: old.GetResourcesAndTTL(typ)}
+				continue
+			}
 			items := maps.Clone(shared.Items)
 			for _, r := range own {
 				name := cachev3.GetResourceName(r)
@@ -354,7 +364,7 @@ func (s *Server) push(gen *generation, node string) error {
 				}
 				items[name] = types.ResourceWithTTL{Resource: r}
 			}
-			res = cachev3.Resources{Version: shared.Version + "." + gen.hash.version(own), Items: items}
+			res = cachev3.Resources{Version: version, Items: items}
 		}
 		snap.Resources[cachev3.GetResponseType(typ)] = res
 	}
