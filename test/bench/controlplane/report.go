@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/trellis-mesh/trellis/controlplane/meshstate"
+	"github.com/trellis-mesh/trellis/internal/kubetest"
 )
 
 // Targets of issue 7.
@@ -117,7 +119,7 @@ func (r *report) markdown() string {
 	}
 	p("- Control plane: %s as a child process (debounce %s, leader election on, user-supplied CA); %d simulated proxies, each its own TLS connection, X.509-SVID and ADS stream, ACKing every response; %d rounds.\n",
 		binary, o.Debounce, r.connectEach.n, o.Rounds)
-	p("- Run took %s. Go %s.\n\n", secs(r.finished.Sub(r.started)), runtime.Version())
+	p("- Run took %s. Go %s. Tree: %s.\n\n", secs(r.finished.Sub(r.started)), runtime.Version(), gitDescribe())
 
 	all := r.allLatencies()
 	worst := summary{}
@@ -202,4 +204,13 @@ func (r *report) write(text string) ([]string, error) {
 		}
 	}
 	return paths, nil
+}
+
+// gitDescribe names the commit the benchmark ran from.
+func gitDescribe() string {
+	out, err := exec.Command("git", "-C", kubetest.RepoRoot(), "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(out))
 }
