@@ -5,7 +5,11 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# Computed once per make run (:=), so that the images, bin/mesh and the tag passed to the
+# scripts agree even when a commit lands while make runs.
+ifeq ($(origin VERSION),undefined)
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+endif
 GO        ?= go
 TOOL      := $(GO) tool -modfile=hack/tools/go.mod
 LDFLAGS   := -s -w -X github.com/trellis-mesh/trellis/internal/version.Version=$(VERSION)
@@ -85,7 +89,7 @@ test: test-unit ## Everything: unit, golden, envtest, network-namespace and (as 
 	elif [ "$${E2E:-1}" = 0 ]; then \
 	  echo "test: SKIPPED the e2e suite: E2E=0"; \
 	else \
-	  $(MAKE) --no-print-directory test-e2e E2E_CLUSTER=local; \
+	  $(MAKE) --no-print-directory test-e2e E2E_CLUSTER=local VERSION=$(VERSION); \
 	fi
 
 .PHONY: test-unit

@@ -36,7 +36,11 @@ fi
 
 hack/deploy.sh
 
-frontend="$(kubectl -n shop get pods -l app=frontend --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}')"
+# A ready frontend pod that is not on its way out (a rollout may still be removing old ones).
+frontend="$(kubectl -n shop get pods -l app=frontend -o json | jq -r '[.items[]
+  | select(.metadata.deletionTimestamp == null and .status.phase == "Running")
+  | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))][0].metadata.name // empty')"
+[ -n "$frontend" ] || { echo "demo: no ready frontend pod in namespace shop" >&2; exit 1; }
 log "sending 1000 requests from the frontend to the backend Service"
 result="$(kubectl -n shop exec "$frontend" -c app -- /trellis-demo get --url http://backend:8080/ --n 1000 --concurrency 4)"
 

@@ -75,10 +75,6 @@ patches:
 - target: {kind: Job}
   patch: '[{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "$PULL_POLICY"}]'
 EOF
-# A Job's pod template cannot change: a new image means a new Job.
-kubectl -n "$APP_NS" delete job smoke --ignore-not-found >/dev/null 2>&1 || true
-kubectl apply --server-side --force-conflicts --field-manager=trellis-demo -k "$overlay" >/dev/null
-
 # Pods created before the injector answered (an earlier, failed run) have no sidecar:
 # restart their Deployments so the webhook sees them.
 uninjected="$(kubectl -n "$APP_NS" get pods -l 'app,!job-name' -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.labels.app}{" "}{.metadata.annotations.trellis\.dev/status}{"\n"}{end}' | awk 'NF==1 {print $1}' | sort -u)"
@@ -86,6 +82,22 @@ for app in $uninjected; do
   log "pods of $app have no sidecar: restarting them"
   kubectl -n "$APP_NS" rollout restart deploy -l "app=$app" >/dev/null
 done
+# Pods older than the mesh's CA (the mesh was uninstalled and installed again, which makes a
+# new CA) trust the old root: their sidecars can reach neither the control plane nor the
+# new pods. Restart them too.
+ca_created="$(kubectl -n "$MESH_NS" get secret trellis-ca -o jsonpath='{.metadata.creationTimestamp}' 2>/dev/null || true)"
+if [ -n "$ca_created" ]; then
+  stale="$(kubectl -n "$APP_NS" get pods -l 'app,!job-name' -o jsonpath='{range .items[*]}{.metadata.labels.app}{" "}{.metadata.creationTimestamp}{"\n"}{end}' |
+    awk -v ca="$ca_created" '$2 < ca {print $1}' | sort -u)"
+  for app in $stale; do
+    log "pods of $app predate the mesh's CA ($ca_created): restarting them"
+    kubectl -n "$APP_NS" rollout restart deploy -l "app=$app" >/dev/null
+  done
+fi
+
+# A Job's pod template cannot change: a new image means a new Job.
+kubectl -n "$APP_NS" delete job smoke --ignore-not-found >/dev/null 2>&1 || true
+kubectl apply --server-side --force-conflicts --field-manager=trellis-demo -k "$overlay" >/dev/null
 
 log "waiting for the demo app"
 for d in $(kubectl -n "$APP_NS" get deploy -o name); do
