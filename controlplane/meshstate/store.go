@@ -2,11 +2,15 @@ package meshstate
 
 import (
 	"maps"
+	"reflect"
 	"sync"
 )
 
 // Store holds the live model. Controllers write to it with the Set/Delete methods; readers
-// take a Snapshot. Every write bumps the version and signals Changed.
+// take a Snapshot. Every write that changes the model bumps the version and signals the
+// subscribers; a write that changes nothing (an object set again with equal content, as
+// after the status writer updates its status, or a delete of an unknown key) is dropped, so
+// it costs no rebuild.
 type Store struct {
 	mu          sync.Mutex
 	state       State
@@ -61,9 +65,12 @@ func (s *Store) Snapshot() (*State, uint64) {
 	return &st, s.version
 }
 
-func (s *Store) write(fn func(*State)) {
+func (s *Store) write(fn func(*State) bool) {
 	s.mu.Lock()
-	fn(&s.state)
+	if !fn(&s.state) {
+		s.mu.Unlock()
+		return
+	}
 	s.version++
 	subs := s.subscribers
 	s.mu.Unlock()
@@ -76,60 +83,90 @@ func (s *Store) write(fn func(*State)) {
 }
 
 // SetMesh replaces the mesh-wide settings.
-func (s *Store) SetMesh(m Mesh) { s.write(func(st *State) { st.Mesh = m }) }
+func (s *Store) SetMesh(m Mesh) {
+	s.write(func(st *State) bool {
+		if reflect.DeepEqual(st.Mesh, m) {
+			return false
+		}
+		st.Mesh = m
+		return true
+	})
+}
 
 // SetNamespace stores or replaces a namespace.
-func (s *Store) SetNamespace(n *Namespace) { s.write(func(st *State) { st.Namespaces[n.Name] = n }) }
+func (s *Store) SetNamespace(n *Namespace) {
+	s.write(func(st *State) bool { return put(st.Namespaces, n.Name, n) })
+}
 
 // DeleteNamespace forgets a namespace.
 func (s *Store) DeleteNamespace(name string) {
-	s.write(func(st *State) { delete(st.Namespaces, name) })
+	s.write(func(st *State) bool { return remove(st.Namespaces, name) })
 }
 
 // SetService stores or replaces a Service. The value must not be modified afterwards.
-func (s *Store) SetService(v *Service) { s.write(func(st *State) { st.Services[v.Key] = v }) }
+func (s *Store) SetService(v *Service) {
+	s.write(func(st *State) bool { return put(st.Services, v.Key, v) })
+}
 
 // DeleteService forgets a Service.
-func (s *Store) DeleteService(k Key) { s.write(func(st *State) { delete(st.Services, k) }) }
+func (s *Store) DeleteService(k Key) { s.write(func(st *State) bool { return remove(st.Services, k) }) }
 
 // SetEndpointSlice stores or replaces an EndpointSlice.
 func (s *Store) SetEndpointSlice(v *EndpointSlice) {
-	s.write(func(st *State) { st.EndpointSlices[v.Key] = v })
+	s.write(func(st *State) bool { return put(st.EndpointSlices, v.Key, v) })
 }
 
 // DeleteEndpointSlice forgets an EndpointSlice.
 func (s *Store) DeleteEndpointSlice(k Key) {
-	s.write(func(st *State) { delete(st.EndpointSlices, k) })
+	s.write(func(st *State) bool { return remove(st.EndpointSlices, k) })
 }
 
 // SetPod stores or replaces a Pod.
-func (s *Store) SetPod(v *Pod) { s.write(func(st *State) { st.Pods[v.Key] = v }) }
+func (s *Store) SetPod(v *Pod) { s.write(func(st *State) bool { return put(st.Pods, v.Key, v) }) }
 
 // DeletePod forgets a Pod.
-func (s *Store) DeletePod(k Key) { s.write(func(st *State) { delete(st.Pods, k) }) }
+func (s *Store) DeletePod(k Key) { s.write(func(st *State) bool { return remove(st.Pods, k) }) }
 
 // SetSplit stores or replaces a TrafficSplit.
-func (s *Store) SetSplit(v *Split) { s.write(func(st *State) { st.Splits[v.Key] = v }) }
+func (s *Store) SetSplit(v *Split) { s.write(func(st *State) bool { return put(st.Splits, v.Key, v) }) }
 
 // DeleteSplit forgets a TrafficSplit.
-func (s *Store) DeleteSplit(k Key) { s.write(func(st *State) { delete(st.Splits, k) }) }
+func (s *Store) DeleteSplit(k Key) { s.write(func(st *State) bool { return remove(st.Splits, k) }) }
 
 // SetTrafficPolicy stores or replaces a TrafficPolicy.
 func (s *Store) SetTrafficPolicy(v *TrafficPolicy) {
-	s.write(func(st *State) { st.TrafficPolicies[v.Key] = v })
+	s.write(func(st *State) bool { return put(st.TrafficPolicies, v.Key, v) })
 }
 
 // DeleteTrafficPolicy forgets a TrafficPolicy.
 func (s *Store) DeleteTrafficPolicy(k Key) {
-	s.write(func(st *State) { delete(st.TrafficPolicies, k) })
+	s.write(func(st *State) bool { return remove(st.TrafficPolicies, k) })
 }
 
 // SetAuthorizationPolicy stores or replaces an AuthorizationPolicy.
 func (s *Store) SetAuthorizationPolicy(v *AuthorizationPolicy) {
-	s.write(func(st *State) { st.AuthorizationPolicies[v.Key] = v })
+	s.write(func(st *State) bool { return put(st.AuthorizationPolicies, v.Key, v) })
 }
 
 // DeleteAuthorizationPolicy forgets an AuthorizationPolicy.
 func (s *Store) DeleteAuthorizationPolicy(k Key) {
-	s.write(func(st *State) { delete(st.AuthorizationPolicies, k) })
+	s.write(func(st *State) bool { return remove(st.AuthorizationPolicies, k) })
+}
+
+// put stores v under k unless an equal value is there already; it says whether it did.
+func put[K comparable, V any](m map[K]*V, k K, v *V) bool {
+	if old, ok := m[k]; ok && (old == v || reflect.DeepEqual(old, v)) {
+		return false
+	}
+	m[k] = v
+	return true
+}
+
+// remove deletes k if present; it says whether it did.
+func remove[K comparable, V any](m map[K]V, k K) bool {
+	if _, ok := m[k]; !ok {
+		return false
+	}
+	delete(m, k)
+	return true
 }
