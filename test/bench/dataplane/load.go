@@ -155,7 +155,7 @@ func (g ghzRun) run(ctx context.Context) (loadResult, error) {
 	jsonPath := g.out + ".json"
 	argv := []string{g.bin, "--insecure", "--proto", g.proto, "--call", "trellis.bench.Bench.Get",
 		"-d", `{"value":""}`, "-c", strconv.Itoa(g.conns), "--connections", strconv.Itoa(g.conns),
-		"-z", g.duration.String(), "-t", "5s", "-O", "json", "-o", jsonPath}
+		"-z", g.duration.String(), "--duration-stop", "wait", "-t", "5s", "-O", "json", "-o", jsonPath}
 	if g.rps > 0 {
 		argv = append(argv, "--rps", strconv.Itoa(g.rps))
 	}
