@@ -110,8 +110,9 @@ bench: ## Data-plane benchmark against nginx, HAProxy and a direct connection (a
 	@echo "an nginx pair, an HAProxy pair and a direct connection, and write test/bench/results/ (issue 7)."; exit 2
 
 .PHONY: bench-controlplane
-bench-controlplane: ## Control-plane propagation at scale (arrives with issue 7).
-	@echo "bench-controlplane: not built yet (issue 7)."; exit 2
+bench-controlplane: build envtest-assets ## Control-plane propagation at scale (envtest, 2000 simulated proxies); writes test/bench/results/controlplane-*.md.
+	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh kube-apiserver)" \
+	  $(GO) run ./test/bench/controlplane --controlplane bin/trellis-controlplane $(BENCH_CONTROLPLANE_FLAGS)
 
 ##@ Run
 
