@@ -105,9 +105,8 @@ test-e2e: images ## End-to-end suite: real traffic on a real single-node cluster
 ##@ Benchmarks (not tests: nothing here asserts on time)
 
 .PHONY: bench
-bench: ## Data-plane benchmark against nginx, HAProxy and a direct connection (arrives with issue 7).
-	@echo "bench: not built yet. It will drive fortio at a fixed rate through a Trellis sidecar pair,"
-	@echo "an nginx pair, an HAProxy pair and a direct connection, and write test/bench/results/ (issue 7)."; exit 2
+bench: ## Data plane: the Trellis pair vs nginx and HAProxy pairs and a direct connection, fortio and ghz (root; ~9 min); writes test/bench/results/dataplane-*.md.
+	GO=$(GO) test/bench/run.sh $(BENCH_FLAGS)
 
 .PHONY: bench-controlplane
 bench-controlplane: build envtest-assets ## Control-plane propagation at scale (envtest, 2000 simulated proxies); writes test/bench/results/controlplane-*.md.
