@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/trellis-mesh/trellis/test/bench/internal/benchio"
 )
 
 // controlPlane is the trellis-controlplane binary running as a child process, so that its
@@ -148,22 +149,5 @@ func buildProfiled(repoRoot, dir string) (string, error) {
 
 // saveProfile stores what GET url answers (a pprof profile) in path.
 func saveProfile(url, path string, timeout time.Duration) error {
-	c := &http.Client{Timeout: timeout}
-	resp, err := c.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return benchio.SaveURL(url, path, timeout)
 }

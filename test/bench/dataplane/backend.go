@@ -15,6 +15,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/trellis-mesh/trellis/test/bench/internal/benchio"
 )
 
 // payloadSize is the size of every response body (HTTP) and message (gRPC).
@@ -113,22 +115,5 @@ func get(url string, want int) error {
 
 // fetch saves the body of a GET of url (a profile from a sidecar's loopback) to path.
 func fetch(url, path string) error {
-	client := &http.Client{Timeout: 2 * time.Minute}
-	resp, err := client.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return benchio.SaveURL(url, path, 2*time.Minute)
 }
