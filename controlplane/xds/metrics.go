@@ -13,6 +13,7 @@ import (
 type Metrics struct {
 	connectedProxies metric.Int64UpDownCounter
 	pushes           metric.Int64Counter
+	nacks            metric.Int64Counter
 	refusals         metric.Int64Counter
 	rebuilds         metric.Int64Counter
 	buildErrors      metric.Int64Counter
@@ -33,25 +34,29 @@ func NewMetrics(meter metric.Meter) (*Metrics, error) {
 		metric.WithDescription("xDS responses sent, by resource type.")); err != nil {
 		return nil, err
 	}
+	if m.nacks, err = meter.Int64Counter("trellis_xds_nacks",
+		metric.WithDescription("xDS responses a proxy rejected, by resource type; the proxy keeps its last good configuration.")); err != nil {
+		return nil, err
+	}
 	if m.refusals, err = meter.Int64Counter("trellis_xds_stream_refusals",
 		metric.WithDescription("ADS streams refused, by reason (no client certificate, wrong identity for the node, node changed).")); err != nil {
 		return nil, err
 	}
 	if m.rebuilds, err = meter.Int64Counter("trellis_xds_rebuilds",
-		metric.WithDescription("Translations of the mesh model into snapshots.")); err != nil {
+		metric.WithDescription("Translations of the mesh model into a new generation of configuration.")); err != nil {
 		return nil, err
 	}
 	if m.buildErrors, err = meter.Int64Counter("trellis_xds_build_errors",
-		metric.WithDescription("Per-proxy builds that failed; the proxy keeps its last configuration.")); err != nil {
+		metric.WithDescription("Failed builds: the shared configuration (every proxy keeps its last) or one proxy's own (that proxy keeps its last).")); err != nil {
 		return nil, err
 	}
 	if m.rebuildDuration, err = meter.Float64Histogram("trellis_xds_rebuild_duration_seconds",
-		metric.WithDescription("Time to translate the model and update every connected proxy's snapshot."),
+		metric.WithDescription("Time to translate the model and marshal the resources every proxy shares."),
 		metric.WithUnit("s"), seconds); err != nil {
 		return nil, err
 	}
 	if m.pushLatency, err = meter.Float64Histogram("trellis_xds_push_latency_seconds",
-		metric.WithDescription("Time from the first model change to the snapshots holding it (debounce included)."),
+		metric.WithDescription("Time from the first model change to the generation holding it, ready for the streams to send (debounce included)."),
 		metric.WithUnit("s"), seconds); err != nil {
 		return nil, err
 	}
@@ -74,16 +79,23 @@ func (m *Metrics) refused(ctx context.Context, reason string) {
 	m.refusals.Add(ctx, 1, metric.WithAttributes(attribute.String("reason", reason)))
 }
 
-func (m *Metrics) rebuilt(ctx context.Context, nodes, failed int, took, latency time.Duration) {
-	m.rebuilds.Add(ctx, 1)
-	if failed > 0 {
-		m.buildErrors.Add(ctx, int64(failed))
-	}
-	m.rebuildDuration.Record(ctx, took.Seconds())
-	if nodes > 0 {
-		m.pushLatency.Record(ctx, latency.Seconds())
-	}
+func (m *Metrics) nacked(ctx context.Context, typeURL string) {
+	m.nacks.Add(ctx, 1, metric.WithAttributes(attribute.String("type", shortType(typeURL))))
 }
+
+func (m *Metrics) rebuilt(ctx context.Context, took, latency time.Duration) {
+	m.rebuilds.Add(ctx, 1)
+	m.rebuildDuration.Record(ctx, took.Seconds())
+	m.pushLatency.Record(ctx, latency.Seconds())
+}
+
+func (m *Metrics) rebuildFailed(ctx context.Context, took time.Duration) {
+	m.rebuilds.Add(ctx, 1)
+	m.buildErrors.Add(ctx, 1)
+	m.rebuildDuration.Record(ctx, took.Seconds())
+}
+
+func (m *Metrics) buildFailed(ctx context.Context) { m.buildErrors.Add(ctx, 1) }
 
 func shortType(typeURL string) string {
 	for i := len(typeURL) - 1; i >= 0; i-- {

@@ -1,98 +1,186 @@
 package xds
 
 import (
-	"context"
-	"reflect"
+	"slices"
 	"testing"
-	"time"
 
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/trellis-mesh/trellis/controlplane/meshstate"
 	"github.com/trellis-mesh/trellis/controlplane/meshstate/meshstatetest"
+	"github.com/trellis-mesh/trellis/controlplane/xds/xdstest"
 )
 
-// TestPushReusesUnchangedTypes: a rebuild after a weight change gives the proxy a new route
-// version, and keeps the very maps of the types whose version did not change and that hold
-// resources of its own (no clone per proxy per type), while a change to the proxy's own pod
-// gives it new ones.
-func TestPushReusesUnchangedTypes(t *testing.T) {
-	size := meshstatetest.Size{Namespaces: 2, Services: 10, EndpointsPerService: 2, Splits: 2, Policies: 2, AuthorizationsPerPod: true}
-	st := meshstatetest.Build(size)
-	store := meshstate.NewStore()
-	store.SetMesh(st.Mesh)
-	for _, v := range st.Namespaces {
-		store.SetNamespace(v)
-	}
-	for _, v := range st.Services {
-		store.SetService(v)
-	}
-	for _, v := range st.EndpointSlices {
-		store.SetEndpointSlice(v)
-	}
-	for _, v := range st.Pods {
-		store.SetPod(v)
-	}
-	for _, v := range st.Splits {
-		store.SetSplit(v)
-	}
-	for _, v := range st.AuthorizationPolicies {
-		store.SetAuthorizationPolicy(v)
-	}
-	s := New(store, Options{PeerIdentity: func(context.Context) (spiffeid.ID, error) { return spiffeid.ID{}, nil }})
-	pod := meshstatetest.ProxyPods(size, 1)[0]
-	node := NodeID(pod)
-	s.nodes[node] = 1
-	s.rebuild(time.Now())
-	before := snapshot(t, s, node)
+var testSize = meshstatetest.Size{Namespaces: 2, Services: 10, EndpointsPerService: 2, Splits: 2, Policies: 2, AuthorizationsPerPod: true}
 
-	split := *st.Splits[meshstate.Key{Namespace: "ns-0", Name: "split-0"}]
-	split.Backends = []meshstate.Backend{{Service: split.Backends[0].Service, Weight: 50}, {Service: split.Backends[1].Service, Weight: 50}}
-	store.SetSplit(&split)
-	s.rebuild(time.Now())
-	after := snapshot(t, s, node)
-
-	if before.GetVersion(resourcev3.RouteType) == after.GetVersion(resourcev3.RouteType) {
-		t.Errorf("the weight change kept route version %s", after.GetVersion(resourcev3.RouteType))
-	}
-	for _, typ := range []string{resourcev3.ListenerType, resourcev3.ClusterType, resourcev3.EndpointType} {
-		if before.GetVersion(typ) != after.GetVersion(typ) {
-			t.Errorf("%s: a weight change moved the version from %s to %s", typ, before.GetVersion(typ), after.GetVersion(typ))
-		}
-		shared := s.built.Load().shared[typ].Items
-		switch own := len(after.GetResourcesAndTTL(typ)) > len(shared); {
-		case own && !sameMap(before.GetResourcesAndTTL(typ), after.GetResourcesAndTTL(typ)):
-			t.Errorf("%s: the unchanged resources were copied into a new map", typ)
-		case !own && !sameMap(shared, after.GetResourcesAndTTL(typ)):
-			t.Errorf("%s: the proxy has no resources of its own, yet does not get the shared map", typ)
-		}
-	}
-
-	// The proxy's own pod changes: its inbound listener changes, so it gets new maps.
-	p := *st.Pods[pod]
-	p.Ports = append(p.Ports, meshstate.ContainerPort{Name: "admin", Port: 9090})
-	store.SetPod(&p)
-	s.rebuild(time.Now())
-	changed := snapshot(t, s, node)
-	if changed.GetVersion(resourcev3.ListenerType) == after.GetVersion(resourcev3.ListenerType) && len(changed.GetResourcesAndTTL(resourcev3.ListenerType)) == len(after.GetResourcesAndTTL(resourcev3.ListenerType)) {
-		t.Skip("a new container port does not change the inbound listeners here; nothing more to check")
-	}
-	if sameMap(after.GetResourcesAndTTL(resourcev3.ListenerType), changed.GetResourcesAndTTL(resourcev3.ListenerType)) {
-		t.Errorf("the listeners changed but the old map was kept")
-	}
+// connected is a proxy that subscribed to everything and ACKed its initial configuration.
+type connected struct {
+	*rawStream
+	store       *meshstate.Store
+	state       *meshstate.State
+	server      *Server
+	edsNames    []string
+	rdsNames    []string
+	rds         *discovery.DiscoveryResponse
+	splitWeight uint32
 }
 
-func snapshot(t *testing.T, s *Server, node string) cachev3.ResourceSnapshot {
+func connect(t *testing.T) *connected {
 	t.Helper()
-	snap, err := s.cache.GetSnapshot(node)
-	if err != nil {
-		t.Fatalf("no snapshot for %s: %v", node, err)
+	st := meshstatetest.Build(testSize)
+	store := meshstatetest.NewStore(st)
+	s := New(store, Options{})
+	pod := meshstatetest.ProxyPods(testSize, 1)[0]
+	r := openStream(t, serve(t, s, identityOf(t, st, pod)), NodeID(pod))
+	c := &connected{rawStream: r, store: store, state: st, server: s}
+
+	r.send(resourcev3.ClusterType, nil, "", "")
+	cds := r.expect(resourcev3.ClusterType)
+	r.ack(cds, nil)
+	c.edsNames = xdstest.EndpointNames(cds)
+	r.send(resourcev3.EndpointType, c.edsNames, "", "")
+	eds := r.expect(resourcev3.EndpointType)
+	if len(eds.GetResources()) != len(c.edsNames) {
+		t.Fatalf("the first EDS response has %d assignments for the %d names asked for", len(eds.GetResources()), len(c.edsNames))
 	}
-	return snap
+	r.ack(eds, c.edsNames)
+	r.send(resourcev3.ListenerType, nil, "", "")
+	lds := r.expect(resourcev3.ListenerType)
+	r.ack(lds, nil)
+	c.rdsNames = xdstest.RouteNames(lds)
+	r.send(resourcev3.RouteType, c.rdsNames, "", "")
+	c.rds = r.expect(resourcev3.RouteType)
+	if got := routeNamesOf(t, c.rds); !slices.Equal(got, c.rdsNames) {
+		t.Fatalf("the first RDS response has %v, want every name asked for: %v", got, c.rdsNames)
+	}
+	r.ack(c.rds, c.rdsNames)
+	c.splitWeight = 50
+	return c
 }
 
-func sameMap[M ~map[K]V, K comparable, V any](a, b M) bool {
-	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+// changeWeights moves split-0's weights and makes a new generation.
+func (c *connected) changeWeights() {
+	split := *c.state.Splits[meshstate.Key{Namespace: "ns-0", Name: "split-0"}]
+	c.splitWeight++
+	split.Backends = []meshstate.Backend{{Service: split.Backends[0].Service, Weight: c.splitWeight}, {Service: split.Backends[1].Service, Weight: 100 - c.splitWeight}}
+	c.store.SetSplit(&split)
+	c.server.Rebuild()
+}
+
+func routeNamesOf(t *testing.T, resp *discovery.DiscoveryResponse) []string {
+	t.Helper()
+	var out []string
+	for _, a := range resp.GetResources() {
+		rc := &routev3.RouteConfiguration{}
+		if err := a.UnmarshalTo(rc); err != nil {
+			t.Fatalf("resource of type %s: %v", a.GetTypeUrl(), err)
+		}
+		out = append(out, rc.GetName())
+	}
+	return out
+}
+
+// weightOf is the first weighted cluster's weight in the only route configuration of resp.
+func weightOf(t *testing.T, resp *discovery.DiscoveryResponse) uint32 {
+	t.Helper()
+	if len(resp.GetResources()) != 1 {
+		t.Fatalf("the RDS response has %d route configurations (%v), want only the changed one", len(resp.GetResources()), routeNamesOf(t, resp))
+	}
+	rc := &routev3.RouteConfiguration{}
+	if err := resp.GetResources()[0].UnmarshalTo(rc); err != nil {
+		t.Fatal(err)
+	}
+	for _, vh := range rc.GetVirtualHosts() {
+		for _, rt := range vh.GetRoutes() {
+			if wc := rt.GetRoute().GetWeightedClusters().GetClusters(); len(wc) > 0 {
+				return wc[0].GetWeight().GetValue()
+			}
+		}
+	}
+	t.Fatalf("route configuration %s has no weighted clusters", rc.GetName())
+	return 0
+}
+
+// TestWeightChangeSendsOnlyTheChangedRoute: a TrafficSplit weight change sends each proxy
+// one RDS response with the one route configuration that changed, and no other type (the
+// next response after it is the next change's).
+func TestWeightChangeSendsOnlyTheChangedRoute(t *testing.T) {
+	c := connect(t)
+	prev := c.rds.GetVersionInfo()
+	for range 3 {
+		c.changeWeights()
+		resp := c.expect(resourcev3.RouteType)
+		if w := weightOf(t, resp); w != c.splitWeight {
+			t.Errorf("the route has weight %d, want %d", w, c.splitWeight)
+		}
+		if resp.GetVersionInfo() == prev {
+			t.Errorf("the new routes kept version %s", prev)
+		}
+		prev = resp.GetVersionInfo()
+		c.ack(resp, c.rdsNames)
+	}
+}
+
+// TestNewNamesGetTheirResources: asking for more route names sends those (and only those);
+// asking for fewer is answered with nothing to add.
+func TestNewNamesGetTheirResources(t *testing.T) {
+	c := connect(t)
+	if len(c.rdsNames) < 3 {
+		t.Fatalf("the test mesh has only %d route names", len(c.rdsNames))
+	}
+	fewer := c.rdsNames[:2]
+	c.send(resourcev3.RouteType, fewer, c.rds.GetVersionInfo(), c.rds.GetNonce())
+	shrunk := c.expect(resourcev3.RouteType)
+	if got := routeNamesOf(t, shrunk); len(got) != 0 {
+		t.Errorf("asking for fewer names sent %v, want nothing", got)
+	}
+	c.ack(shrunk, fewer)
+	more := c.rdsNames[:3]
+	c.send(resourcev3.RouteType, more, shrunk.GetVersionInfo(), shrunk.GetNonce())
+	grown := c.expect(resourcev3.RouteType)
+	if got := routeNamesOf(t, grown); !slices.Equal(got, c.rdsNames[2:3]) {
+		t.Errorf("asking for one more name sent %v, want %v", got, c.rdsNames[2:3])
+	}
+}
+
+// TestNACKedVersionIsNotResent: a rejected route version is not sent again; the next change
+// brings the changed route (measured against what the proxy holds, not what it rejected).
+func TestNACKedVersionIsNotResent(t *testing.T) {
+	c := connect(t)
+	c.changeWeights()
+	bad := c.expect(resourcev3.RouteType)
+	if err := c.ads.Send(&discovery.DiscoveryRequest{
+		Node: c.node, TypeUrl: resourcev3.RouteType, ResourceNames: c.rdsNames,
+		VersionInfo: c.rds.GetVersionInfo(), ResponseNonce: bad.GetNonce(),
+		ErrorDetail: &status.Status{Code: 3, Message: "test rejects it"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.server.Rebuild() // same model: nothing new, and the rejected version must not come back
+	c.changeWeights()
+	resp := c.expect(resourcev3.RouteType)
+	if resp.GetVersionInfo() == bad.GetVersionInfo() {
+		t.Fatalf("the rejected version %s was sent again", bad.GetVersionInfo())
+	}
+	if w := weightOf(t, resp); w != c.splitWeight {
+		t.Errorf("the route has weight %d, want %d", w, c.splitWeight)
+	}
+}
+
+// TestUnackedChangesWait: while a response awaits its ACK nothing more of that type is sent;
+// the ACK brings what changed since, measured from the acknowledged version.
+func TestUnackedChangesWait(t *testing.T) {
+	c := connect(t)
+	c.changeWeights()
+	first := c.expect(resourcev3.RouteType)
+	c.changeWeights()
+	c.changeWeights()
+	c.ack(first, c.rdsNames)
+	resp := c.expect(resourcev3.RouteType)
+	if w := weightOf(t, resp); w != c.splitWeight {
+		t.Errorf("after the ACK the route has weight %d, want the latest, %d", w, c.splitWeight)
+	}
 }

@@ -60,8 +60,8 @@ type Client struct {
 	// always complete and valid together; published identifies the delivered Config.
 	acc       resourceSet
 	accVer    map[string]string
-	have      map[string]bool   // a response of the type was accepted
-	digest    map[string]uint64 // of the accepted resources, by type
+	have      map[string]bool              // a response of the type was accepted
+	hashes    map[string]map[string]uint64 // of each accepted resource's bytes, by type and name
 	published map[string]uint64
 }
 
@@ -81,7 +81,7 @@ func New(opts Options) *Client {
 		acc:    resourceSet{listeners: map[string]*listenerInfo{}, routes: map[string]*config.Route{}, clusters: map[string]*clusterInfo{}, endpoints: map[string][]endpointInfo{}},
 		accVer: map[string]string{},
 		have:   map[string]bool{},
-		digest: map[string]uint64{},
+		hashes: map[string]map[string]uint64{},
 	}
 }
 
@@ -239,7 +239,12 @@ func (c *Client) publish(cfg *config.Config) {
 		// the control plane's listeners and clusters.
 		return
 	}
-	sig := maps.Clone(c.digest)
+	sig := map[string]uint64{}
+	for t, hs := range c.hashes {
+		for _, h := range hs {
+			sig[t] += h // a sum: the server may list resources in any order
+		}
+	}
 	if maps.Equal(sig, c.published) {
 		return
 	}

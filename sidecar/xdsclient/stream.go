@@ -71,8 +71,8 @@ type stream struct {
 // pending is a response held until what it refers to has arrived.
 type pending struct {
 	version, nonce string
-	set            resourceSet // only the field of its type is set
-	digest         uint64      // of the resources' bytes, whatever their order
+	set            resourceSet       // only the field of its type is set
+	hashes         map[string]uint64 // of each resource's bytes, by name
 	since          time.Time
 }
 
@@ -125,16 +125,19 @@ func (st *stream) onResponse(resp *discovery.DiscoveryResponse, now time.Time) e
 	st.nonce[t] = resp.GetNonce()
 	delete(st.held, t) // a response replaces the one held before it
 	st.c.status.typ(t, func(ts *TypeStatus) { ts.Nonce = resp.GetNonce() })
-	set, digest, err := decode(resp)
+	set, hashes, err := decode(resp)
 	if err != nil {
 		return st.reject(t, resp.GetVersionInfo(), resp.GetNonce(), err, now)
 	}
-	st.held[t] = &pending{version: resp.GetVersionInfo(), nonce: resp.GetNonce(), set: set, digest: digest, since: now}
+	st.held[t] = &pending{version: resp.GetVersionInfo(), nonce: resp.GetNonce(), set: set, hashes: hashes, since: now}
 	st.c.status.typ(t, func(ts *TypeStatus) { ts.Pending = resp.GetVersionInfo() })
 	return st.evaluate(now)
 }
 
-// candidate is the accepted resources with the held ones in their place.
+// candidate is the accepted resources with the held ones in their place. A listener or
+// cluster response replaces all of its type; a route or endpoint response replaces the
+// resources it lists, and those it does not list stay while they are asked for (the xDS
+// protocol lets a server send only the route configurations and assignments that changed).
 func (st *stream) candidate() *resourceSet {
 	s := st.c.acc
 	for t, p := range st.held {
@@ -142,14 +145,46 @@ func (st *stream) candidate() *resourceSet {
 		case resourcev3.ListenerType:
 			s.listeners = p.set.listeners
 		case resourcev3.RouteType:
-			s.routes = p.set.routes
+			s.routes = merge(s.routes, p.set.routes, st.asked(t))
 		case resourcev3.ClusterType:
 			s.clusters = p.set.clusters
 		case resourcev3.EndpointType:
-			s.endpoints = p.set.endpoints
+			s.endpoints = merge(s.endpoints, p.set.endpoints, st.asked(t))
 		}
 	}
 	return &s
+}
+
+// incremental says whether a response of the type may list only some of its resources.
+func incremental(t string) bool { return t == resourcev3.RouteType || t == resourcev3.EndpointType }
+
+// asked says whether a route or endpoint name is still asked for; every name is until the
+// stream asked for some.
+func (st *stream) asked(t string) func(string) bool {
+	if !st.subscribing[t] {
+		return func(string) bool { return true }
+	}
+	names := st.names[t] // sorted
+	return func(n string) bool {
+		_, ok := slices.BinarySearch(names, n)
+		return ok
+	}
+}
+
+// merge is acc with upd's entries in their place, keeping only the names keep accepts.
+func merge[V any](acc, upd map[string]V, keep func(string) bool) map[string]V {
+	out := make(map[string]V, len(acc)+len(upd))
+	for n, v := range acc {
+		if keep(n) {
+			out[n] = v
+		}
+	}
+	for n, v := range upd {
+		if keep(n) {
+			out[n] = v
+		}
+	}
+	return out
 }
 
 // evaluate applies the held responses if they make a complete set, NACKs those a link
@@ -231,7 +266,11 @@ func (st *stream) accept(cand *resourceSet, cfg *config.Config) error {
 			continue
 		}
 		delete(st.held, t)
-		st.c.accVer[t], st.c.have[t], st.c.digest[t] = p.version, true, p.digest
+		hashes := p.hashes
+		if incremental(t) {
+			hashes = merge(st.c.hashes[t], p.hashes, st.asked(t))
+		}
+		st.c.accVer[t], st.c.have[t], st.c.hashes[t] = p.version, true, hashes
 		st.rejected[t], st.nacks[t] = "", 0
 		n := len(cand.names(t))
 		st.c.status.typ(t, func(ts *TypeStatus) { ts.Version, ts.Resources, ts.Pending = p.version, n, "" })
@@ -363,42 +402,35 @@ func describe(miss []missingRef) string {
 var digestSeed = maphash.MakeSeed()
 
 // decode unpacks and checks the resources of a response on their own. The set holds only
-// the response's type; the digest identifies the resources' content.
-func decode(resp *discovery.DiscoveryResponse) (resourceSet, uint64, error) {
+// the response's type; the hashes identify each resource's content, by name.
+func decode(resp *discovery.DiscoveryResponse) (resourceSet, map[string]uint64, error) {
 	var errs errorList
 	var s resourceSet
-	var digest uint64
-	var h maphash.Hash
-	h.SetSeed(digestSeed)
-	for _, a := range resp.GetResources() {
-		h.Reset()
-		h.WriteString(a.GetTypeUrl())
-		h.WriteByte(0)
-		h.Write(a.GetValue())
-		digest += h.Sum64() // a sum: the server may list resources in any order
-	}
+	hashes := map[string]uint64{}
 	t := resp.GetTypeUrl()
 	switch t {
 	case resourcev3.ListenerType:
-		list := unpackAll(&errs, resp, func() *listenerv3.Listener { return &listenerv3.Listener{} })
+		list := unpackAll(&errs, resp, hashes, (*listenerv3.Listener).GetName, func() *listenerv3.Listener { return &listenerv3.Listener{} })
 		s.listeners = parseAll(&errs, t, list, (*listenerv3.Listener).GetName, parseListener)
 	case resourcev3.RouteType:
-		list := unpackAll(&errs, resp, func() *routev3.RouteConfiguration { return &routev3.RouteConfiguration{} })
+		list := unpackAll(&errs, resp, hashes, (*routev3.RouteConfiguration).GetName, func() *routev3.RouteConfiguration { return &routev3.RouteConfiguration{} })
 		s.routes = parseAll(&errs, t, list, (*routev3.RouteConfiguration).GetName, parseRouteConfig)
 	case resourcev3.ClusterType:
-		list := unpackAll(&errs, resp, func() *clusterv3.Cluster { return &clusterv3.Cluster{} })
+		list := unpackAll(&errs, resp, hashes, (*clusterv3.Cluster).GetName, func() *clusterv3.Cluster { return &clusterv3.Cluster{} })
 		s.clusters = parseAll(&errs, t, list, (*clusterv3.Cluster).GetName, parseCluster)
 	case resourcev3.EndpointType:
-		list := unpackAll(&errs, resp, func() *endpointv3.ClusterLoadAssignment { return &endpointv3.ClusterLoadAssignment{} })
+		list := unpackAll(&errs, resp, hashes, (*endpointv3.ClusterLoadAssignment).GetClusterName, func() *endpointv3.ClusterLoadAssignment { return &endpointv3.ClusterLoadAssignment{} })
 		s.endpoints = parseAll(&errs, t, list, (*endpointv3.ClusterLoadAssignment).GetClusterName, parseLoadAssignment)
 	}
-	return s, digest, errs.join()
+	return s, hashes, errs.join()
 }
 
 // unpackAll unpacks the resources of a response (also when wrapped in a discovery
-// Resource, as servers do for TTLs).
-func unpackAll[M proto.Message](errs *errorList, resp *discovery.DiscoveryResponse, newM func() M) []M {
+// Resource, as servers do for TTLs), recording the hash of each one's bytes by name.
+func unpackAll[M proto.Message](errs *errorList, resp *discovery.DiscoveryResponse, hashes map[string]uint64, name func(M) string, newM func() M) []M {
 	var out []M
+	var h maphash.Hash
+	h.SetSeed(digestSeed)
 	for i, a := range resp.GetResources() {
 		if a.MessageName() == fullName(&discovery.Resource{}) {
 			wrapped := &discovery.Resource{}
@@ -413,6 +445,11 @@ func unpackAll[M proto.Message](errs *errorList, resp *discovery.DiscoveryRespon
 			errs.add(resp.GetTypeUrl(), fmt.Sprintf("resources[%d]", i), err)
 			continue
 		}
+		h.Reset()
+		h.WriteString(a.GetTypeUrl())
+		h.WriteByte(0)
+		h.Write(a.GetValue())
+		hashes[name(m)] = h.Sum64() // a duplicate name is parseAll's error to report
 		out = append(out, m)
 	}
 	return out

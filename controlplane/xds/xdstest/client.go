@@ -1,8 +1,9 @@
 // Package xdstest is a minimal state-of-the-world ADS client for tests and benchmarks: it
 // subscribes to listeners and clusters, then, as Envoy does, to every route configuration
 // the listeners name and every endpoint assignment the clusters need; it ACKs every
-// response and hands responses to the caller. (In ADS mode the server answers a route or
-// endpoint request only when it names all of them.)
+// response and hands the client's view to the caller. Route and endpoint responses list
+// only what changed (the protocol allows it for those types), so the view of those types
+// is every response so far merged, limited to the names asked for.
 package xdstest
 
 import (
@@ -14,11 +15,15 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // Client is one ADS stream.
@@ -84,8 +89,8 @@ func (c *Client) recv() {
 			c.mu.Unlock()
 			return
 		}
-		c.latest[resp.TypeUrl] = resp
 		names := c.names[resp.TypeUrl]
+		c.latest[resp.TypeUrl] = merged(c.latest[resp.TypeUrl], resp, names)
 		close(c.wake)
 		c.wake = make(chan struct{})
 		c.mu.Unlock()
@@ -98,6 +103,39 @@ func (c *Client) recv() {
 			c.follow(resourcev3.EndpointType, EndpointNames(resp))
 		}
 	}
+}
+
+// merged is resp with, for route and endpoint responses, the resources of prev it does not
+// list and that are still asked for.
+func merged(prev, resp *discovery.DiscoveryResponse, names []string) *discovery.DiscoveryResponse {
+	if prev == nil || (resp.TypeUrl != resourcev3.RouteType && resp.TypeUrl != resourcev3.EndpointType) {
+		return resp
+	}
+	out := proto.Clone(resp).(*discovery.DiscoveryResponse)
+	listed := map[string]bool{}
+	for _, a := range resp.Resources {
+		listed[resourceName(a)] = true
+	}
+	for _, a := range prev.Resources {
+		n := resourceName(a)
+		if !listed[n] && (len(names) == 0 || slices.Contains(names, n)) {
+			out.Resources = append(out.Resources, a)
+		}
+	}
+	return out
+}
+
+// resourceName is the name of a route configuration or endpoint assignment.
+func resourceName(a *anypb.Any) string {
+	rc := &routev3.RouteConfiguration{}
+	if a.UnmarshalTo(rc) == nil {
+		return rc.GetName()
+	}
+	cla := &endpointv3.ClusterLoadAssignment{}
+	if a.UnmarshalTo(cla) == nil {
+		return cla.GetClusterName()
+	}
+	return ""
 }
 
 // follow subscribes to names of typeURL when they differ from the current subscription.

@@ -1,0 +1,122 @@
+package xds
+
+import (
+	"fmt"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/trellis-mesh/trellis/controlplane/meshstate"
+	"github.com/trellis-mesh/trellis/controlplane/translate"
+)
+
+// resourceTypes are the xDS types Trellis serves, in the order ADS clients ask for them and
+// in which a stream sends updates (clusters before the routes that use them).
+var resourceTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// generation is one translation of one model version: the shared (outbound) side of every
+// type, marshalled once, and the Builder that makes each proxy's own (inbound) side.
+type generation struct {
+	version uint64
+	state   *meshstate.State
+	builder *translate.Builder
+	changed time.Time // when the first change it contains was seen
+	tables  map[string]*table
+	// superseded is closed when a newer generation is published: the streams wait on it.
+	superseded chan struct{}
+}
+
+// newGeneration translates st's shared side, reusing the entries of prev (nil for the first)
+// that did not change.
+func newGeneration(st *meshstate.State, version uint64, changed time.Time, prev *generation) (*generation, error) {
+	gen := &generation{
+		version:    version,
+		state:      st,
+		builder:    translate.NewBuilder(meshstate.NewIndex(st)),
+		changed:    changed,
+		tables:     map[string]*table{},
+		superseded: make(chan struct{}),
+	}
+	out, err := gen.builder.Outbound()
+	if err != nil {
+		return nil, err
+	}
+	prevTable := func(typ string) *table {
+		if prev == nil {
+			return nil
+		}
+		return prev.tables[typ]
+	}
+	if err := gen.fill(out, prevTable, gen.tables); err != nil {
+		return nil, err
+	}
+	return gen, nil
+}
+
+// fill builds the tables of res into into, each on top of the one prev gives.
+func (gen *generation) fill(res *translate.Resources, prev func(string) *table, into map[string]*table) error {
+	var err error
+	if into[resourcev3.ListenerType], err = buildTable(resourcev3.ListenerType, gen.version, prev(resourcev3.ListenerType), res.Listeners, (*listenerv3.Listener).GetName); err != nil {
+		return err
+	}
+	if into[resourcev3.RouteType], err = buildTable(resourcev3.RouteType, gen.version, prev(resourcev3.RouteType), res.Routes, (*routev3.RouteConfiguration).GetName); err != nil {
+		return err
+	}
+	if into[resourcev3.ClusterType], err = buildTable(resourcev3.ClusterType, gen.version, prev(resourcev3.ClusterType), res.Clusters, (*clusterv3.Cluster).GetName); err != nil {
+		return err
+	}
+	into[resourcev3.EndpointType], err = buildTable(resourcev3.EndpointType, gen.version, prev(resourcev3.EndpointType), res.Endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName)
+	return err
+}
+
+// view is what one proxy is configured with in one generation: the shared tables and its
+// own (inbound) resources, which never share a name with a shared one.
+type view struct {
+	gen *generation
+	own map[string]*table // by type; the tables of the proxy's inbound resources
+}
+
+// viewFor builds node's view of gen, on top of its view of an earlier generation (nil for
+// none) so that unchanged inbound resources keep their entries.
+func viewFor(gen *generation, pod meshstate.Key, prev *view) (*view, error) {
+	in, err := gen.builder.Inbound(translate.Proxy{Pod: pod})
+	if err != nil {
+		return nil, err
+	}
+	v := &view{gen: gen, own: map[string]*table{}}
+	prevOwn := func(typ string) *table {
+		if prev == nil {
+			return nil
+		}
+		return prev.own[typ]
+	}
+	if err := gen.fill(in, prevOwn, v.own); err != nil {
+		return nil, fmt.Errorf("inbound resources of %s: %w", pod, err)
+	}
+	for typ, own := range v.own {
+		for name := range own.entries {
+			if gen.tables[typ].entries[name] != nil {
+				return nil, fmt.Errorf("%s %q is both a shared and a per-proxy resource", typ, name)
+			}
+		}
+	}
+	return v, nil
+}
+
+// lookup finds a resource of the view by name.
+func (v *view) lookup(typ, name string) *entry {
+	if e := v.own[typ].entries[name]; e != nil {
+		return e
+	}
+	return v.gen.tables[typ].entries[name]
+}
+
+// version is the content version of one type of the view: the shared table's and the
+// proxy's own, together.
+func (v *view) version(typ string) string {
+	return v.gen.tables[typ].version + "." + v.own[typ].version
+}
