@@ -26,12 +26,16 @@
 // # Connections between sidecars
 //
 // Endpoints whose MTLS flag is set are reached over mTLS (mtls.ClientConfig: the cluster's
-// allowed SPIFFE IDs, ALPN and SNI). When the cluster offers ALPN h2 (declared HTTP ports)
-// every request travels over HTTP/2, whatever the client spoke: the requests of all clients
-// of the sidecar to one endpoint share one connection (h2Pool dials once per endpoint and
-// opens another connection only when the peer's stream limit is reached). The peer's
-// inbound side speaks to its app what the port declares. Upgrades (WebSocket) take an
-// HTTP/1.1 connection (ALPN http/1.1), as HTTP/2 cannot carry them. Endpoints outside the
+// allowed SPIFFE IDs, ALPN and SNI). Declared HTTP ports offer ALPN h2 and http/1.1. An
+// HTTP/2 request (gRPC, h2c clients) travels over HTTP/2, as does every request to a
+// cluster whose upstream is HTTP/2 or that offers h2 only: the requests of all clients of
+// the sidecar to one endpoint share one connection (h2Pool dials once per endpoint and
+// opens another connection only when the peer's stream limit is reached). An HTTP/1.x
+// request travels over HTTP/1.1 on a pool of keep-alive connections, one request at a time
+// each: Go's HTTP/2 costs more CPU and latency per request on both sidecars than HTTP/1.1
+// does (docs/performance.md), and the peer speaks HTTP/1.1 to the app of a declared HTTP
+// port anyway. The peer's inbound side speaks to its app what the port declares. Upgrades
+// (WebSocket) take an HTTP/1.1 connection, as HTTP/2 cannot carry them. Endpoints outside the
 // mesh are reached in plaintext with the cluster's Upstream protocol: HTTP/1.1, HTTP/2
 // (h2c) or the client's own version.
 //

@@ -16,9 +16,14 @@ func TestStreamedResponsesArriveAsTheAppFlushesThem(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		contentType string
+		client      func(string) *http.Client
 	}{
-		{"a chunked response", "text/plain"},
-		{"server-sent events", "text/event-stream"},
+		// HTTP/1.1 → sidecar → HTTP/1.1 over mTLS → sidecar → app
+		{"a chunked response over HTTP/1.1 between the sidecars", "text/plain", clientTo},
+		{"server-sent events over HTTP/1.1 between the sidecars", "text/event-stream", clientTo},
+		// h2c → sidecar → HTTP/2 over mTLS → sidecar → app
+		{"a chunked response over HTTP/2 between the sidecars", "text/plain", h2cClientTo},
+		{"server-sent events over HTTP/2 between the sidecars", "text/event-stream", h2cClientTo},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			release := make(chan struct{})
@@ -33,7 +38,8 @@ func TestStreamedResponsesArriveAsTheAppFlushesThem(t *testing.T) {
 				}
 				io.WriteString(w, "second\n")
 			}))
-			c := clientTo(httpPair(t, appAddr, nil).client) // HTTP/1.1 → sidecar → HTTP/2 over mTLS → sidecar → app
+			addr := httpPair(t, appAddr, nil).client
+			c := tc.client(addr)
 			resp, err := c.Get("http://web.default/")
 			if err != nil {
 				t.Fatal(err)

@@ -167,7 +167,7 @@ func TestSidecarsMultiplexRequestsOnOneHTTP2Connection(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := clientTo(p.client) // a client connection of its own each
+			c := h2cClientTo(p.client) // a client connection of its own each
 			resp, err := c.Get("http://web.default/")
 			if err != nil {
 				failed.Add(1)
@@ -190,6 +190,57 @@ func TestSidecarsMultiplexRequestsOnOneHTTP2Connection(t *testing.T) {
 	var states []ClusterStats = p.a.proxy.ClusterStats()
 	if len(states) != 1 || len(states[0].Endpoints) != 1 || states[0].Endpoints[0].Balancer.Picks < 40 {
 		t.Errorf("cluster stats do not show the picks: %+v", states)
+	}
+}
+
+func TestHTTP1RequestsTravelHTTP1BetweenSidecarsUnlessOnlyH2IsOffered(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		alpn      []string
+		client    func(string) *http.Client
+		wantProto string
+	}{
+		{"an HTTP/1.1 client's requests go over HTTP/1.1 keep-alive", []string{"h2", "http/1.1"}, clientTo, "HTTP/1.1"},
+		{"an h2c client's requests go over HTTP/2", []string{"h2", "http/1.1"}, h2cClientTo, "HTTP/2.0"},
+		{"a cluster offering h2 only gets HTTP/2 from an HTTP/1.1 client", []string{"h2"}, clientTo, "HTTP/2.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			appAddr := app(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("X-App-Peer", r.Header.Get(peerField))
+				io.WriteString(w, "ok")
+			}))
+			p := httpPair(t, appAddr, func(a, _ *config.Config) { a.Clusters[svcName].MTLS.ALPN = tc.alpn })
+			c := tc.client(p.client)
+			for i := range 3 {
+				resp, body := get(t, c, "http://web.default/")
+				if resp.StatusCode != 200 || body != "ok" {
+					t.Fatalf("request %d: got %d %q", i, resp.StatusCode, body)
+				}
+				if got := resp.Header.Get("X-App-Peer"); got != p.a.id {
+					t.Errorf("request %d: peer identity %q, want %q", i, got, p.a.id)
+				}
+				if got := resp.Header.Get(upstreamIdentityHeader); got != p.b.id {
+					t.Errorf("request %d: upstream identity %q, want %q", i, got, p.b.id)
+				}
+			}
+			p.b.obs.mu.Lock()
+			var protos []string
+			for _, r := range p.b.obs.requests {
+				protos = append(protos, r.Proto)
+			}
+			p.b.obs.mu.Unlock()
+			if len(protos) != 3 {
+				t.Fatalf("the server sidecar saw %d requests, want 3", len(protos))
+			}
+			for _, got := range protos {
+				if got != tc.wantProto {
+					t.Errorf("between the sidecars a request travelled as %s, want %s", got, tc.wantProto)
+				}
+			}
+			if n := p.m.dialCount(ap(podAddr)); n != 1 {
+				t.Errorf("3 sequential requests took %d connections between the sidecars, want 1 (kept alive)", n)
+			}
+		})
 	}
 }
 

@@ -144,7 +144,7 @@ func (cs *clusterState) poolFor(ep config.Endpoint, r *http.Request) roundTrippe
 	upgrade := isUpgrade(r.Header)
 	pl := cs.pool.Load()
 	if ep.MTLS {
-		if !upgrade && (slices.Contains(cl.MTLS.ALPN, "h2") || wantH2(cl.Upstream, r)) {
+		if !upgrade && wantMeshH2(cl, r) {
 			return pl.transport(tlsH2)
 		}
 		return pl.transport(tlsH1)
@@ -153,6 +153,20 @@ func (cs *clusterState) poolFor(ep config.Endpoint, r *http.Request) roundTrippe
 		return pl.transport(plainH2)
 	}
 	return pl.transport(plainH1)
+}
+
+// wantMeshH2 reports whether a request to a peer sidecar travels over HTTP/2. HTTP/2
+// requests (gRPC among them) and clusters whose upstream is declared HTTP/2 do; an HTTP/1.x
+// request travels as HTTP/1.1 on a keep-alive connection when the cluster offers ALPN
+// http/1.1: Go's HTTP/2 costs more per request than HTTP/1.1 on both sidecars (its frame
+// writes, WINDOW_UPDATEs and goroutine handoffs; docs/performance.md), and the peer speaks
+// HTTP/1.1 to the app of a declared HTTP port anyway. Without ALPN http/1.1 (a cluster that
+// offers h2 only), HTTP/2 it is.
+func wantMeshH2(cl *config.Cluster, r *http.Request) bool {
+	if wantH2(cl.Upstream, r) {
+		return true
+	}
+	return slices.Contains(cl.MTLS.ALPN, "h2") && !slices.Contains(cl.MTLS.ALPN, "http/1.1")
 }
 
 func wantH2(u config.UpstreamProtocol, r *http.Request) bool {
@@ -209,6 +223,7 @@ func (cs *clusterState) dial(ctx context.Context, ap netip.AddrPort, useTLS bool
 		release()
 		return nil, &connectError{addr: ap, err: err}
 	}
+
 	if useTLS {
 		tc := tls.Client(c, mtls.ClientConfig(cs.p.o.TLS, cs.p.o.TrustDomain, cl.MTLS.AllowedIdentities, alpn, cl.MTLS.SNI))
 		if err := tc.HandshakeContext(ctx); err != nil {

@@ -81,7 +81,9 @@ func TestConfigSwapMidTrafficFailsNoRequest(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := clientTo(client)
+			// h2c clients: their requests are multiplexed between the sidecars on one
+			// connection per endpoint, which must survive the swaps.
+			c := h2cClientTo(client)
 			for time.Now().Before(deadline) {
 				resp, err := c.Get("http://web.default/")
 				if err != nil {
