@@ -33,7 +33,7 @@ func BenchmarkWeightChange(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		views[i], held[i] = v, &sent{view: v, names: asked}
+		views[i], held[i] = v, sentOf(v, resourcev3.RouteType, "", asked)
 	}
 	var split *meshstate.Split
 	for _, v := range st.Splits {
@@ -54,7 +54,7 @@ func BenchmarkWeightChange(b *testing.B) {
 				b.Fatal(err)
 			}
 			sentRoutes += len(v.changed(resourcev3.RouteType, asked, held[j]))
-			views[j], held[j] = v, &sent{view: v, names: asked}
+			views[j], held[j] = v, sentOf(v, resourcev3.RouteType, "", asked)
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/change")

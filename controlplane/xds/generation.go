@@ -74,10 +74,11 @@ func (gen *generation) fill(res *translate.Resources, prev func(string) *table, 
 }
 
 // view is what one proxy is configured with in one generation: the shared tables and its
-// own (inbound) resources, which never share a name with a shared one.
+// own (inbound) resources, which never share a name with a shared one. It holds tables
+// only, not the generation, so that what a stream keeps of an older view is the bytes sent.
 type view struct {
-	gen *generation
-	own map[string]*table // by type; the tables of the proxy's inbound resources
+	shared map[string]*table // by type; the generation's
+	own    map[string]*table // by type; the tables of the proxy's inbound resources
 }
 
 // viewFor builds node's view of gen, on top of its view of an earlier generation (nil for
@@ -87,7 +88,7 @@ func viewFor(gen *generation, pod meshstate.Key, prev *view) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &view{gen: gen, own: map[string]*table{}}
+	v := &view{shared: gen.tables, own: map[string]*table{}}
 	prevOwn := func(typ string) *table {
 		if prev == nil {
 			return nil
@@ -107,16 +108,8 @@ func viewFor(gen *generation, pod meshstate.Key, prev *view) (*view, error) {
 	return v, nil
 }
 
-// lookup finds a resource of the view by name.
-func (v *view) lookup(typ, name string) *entry {
-	if e := v.own[typ].entries[name]; e != nil {
-		return e
-	}
-	return v.gen.tables[typ].entries[name]
-}
-
 // version is the content version of one type of the view: the shared table's and the
 // proxy's own, together.
 func (v *view) version(typ string) string {
-	return v.gen.tables[typ].version + "." + v.own[typ].version
+	return v.shared[typ].version + "." + v.own[typ].version
 }

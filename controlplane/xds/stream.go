@@ -59,11 +59,25 @@ type typeState struct {
 	rejected string // the version last NACKed: it is not sent again
 }
 
-// sent is the configuration a response brings the client to.
+// sent is the configuration of one type a response brings the client to: the shared and
+// own tables it was taken from, limited to names.
 type sent struct {
-	version string
-	view    *view
-	names   *names // nil for wildcard
+	version     string
+	shared, own *table
+	names       *names // nil for wildcard
+}
+
+// lookup finds a resource of the sent configuration by name.
+func (s *sent) lookup(name string) *entry {
+	if e := s.own.entries[name]; e != nil {
+		return e
+	}
+	return s.shared.entries[name]
+}
+
+// sentOf is what sending type typ of v for asked brings the client to.
+func sentOf(v *view, typ, version string, asked *names) *sent {
+	return &sent{version: version, shared: v.shared[typ], own: v.own[typ], names: asked}
 }
 
 // names is a set of resource names a client asked for. A new request with other names
@@ -279,7 +293,7 @@ func (st *adsStream) send(ctx context.Context, typ string) error {
 		if len(list) == 0 && !ts.must {
 			// The client holds this version's content for every name it asked for.
 			if ts.acked != nil {
-				ts.acked = &sent{version: ts.acked.version, view: cur, names: ts.names}
+				ts.acked = sentOf(cur, typ, ts.acked.version, ts.names)
 			}
 			return nil
 		}
@@ -297,14 +311,14 @@ func (st *adsStream) send(ctx context.Context, typ string) error {
 		return err
 	}
 	ts.nonce, ts.must = nonce, false
-	ts.inflight = &sent{version: version, view: cur, names: ts.names}
+	ts.inflight = sentOf(cur, typ, version, ts.names)
 	st.s.opts.Metrics.pushed(ctx, typ)
 	return nil
 }
 
 // all lists every resource of a type, shared ones then the proxy's own.
 func (v *view) all(typ string) []*entry {
-	shared, own := v.gen.tables[typ].sorted, v.own[typ].sorted
+	shared, own := v.shared[typ].sorted, v.own[typ].sorted
 	out := make([]*entry, 0, len(shared)+len(own))
 	return append(append(out, shared...), own...)
 }
@@ -316,8 +330,8 @@ func (v *view) changed(typ string, asked *names, had *sent) []*entry {
 	var candidates []string
 	scan := true
 	if had != nil && had.names == asked {
-		shared, okShared := v.gen.tables[typ].changedSince(had.view.gen.tables[typ])
-		own, okOwn := v.own[typ].changedSince(had.view.own[typ])
+		shared, okShared := v.shared[typ].changedSince(had.shared)
+		own, okOwn := v.own[typ].changedSince(had.own)
 		if okShared && okOwn {
 			candidates, scan = append(shared, own...), false
 		}
@@ -335,12 +349,15 @@ func (v *view) changed(typ string, asked *names, had *sent) []*entry {
 			continue
 		}
 		seen[n] = true
-		e := v.lookup(typ, n)
+		e := v.own[typ].entries[n]
+		if e == nil {
+			e = v.shared[typ].entries[n]
+		}
 		if e == nil {
 			continue
 		}
 		if had != nil && had.names.has(n) {
-			if old := had.view.lookup(typ, n); old != nil && old.hash == e.hash {
+			if old := had.lookup(n); old != nil && old.hash == e.hash {
 				continue
 			}
 		}
