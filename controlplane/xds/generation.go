@@ -26,6 +26,10 @@ type generation struct {
 	builder *translate.Builder
 	changed time.Time // when the first change it contains was seen
 	tables  map[string]*table
+	// inbound names the inputs of the proxies' own side: the version of the first generation
+	// with the same ones (translate.SameInbound). Views of generations with the same
+	// inbound keep their own resources instead of building them again.
+	inbound uint64
 	// superseded is closed when a newer generation is published: the streams wait on it.
 	superseded chan struct{}
 }
@@ -35,11 +39,15 @@ type generation struct {
 func newGeneration(st *meshstate.State, version uint64, changed time.Time, prev *generation) (*generation, error) {
 	gen := &generation{
 		version:    version,
+		inbound:    version,
 		state:      st,
 		builder:    translate.NewBuilder(meshstate.NewIndex(st)),
 		changed:    changed,
 		tables:     map[string]*table{},
 		superseded: make(chan struct{}),
+	}
+	if prev != nil && translate.SameInbound(prev.state, st) {
+		gen.inbound = prev.inbound
 	}
 	out, err := gen.builder.Outbound()
 	if err != nil {
@@ -77,18 +85,24 @@ func (gen *generation) fill(res *translate.Resources, prev func(string) *table, 
 // own (inbound) resources, which never share a name with a shared one. It holds tables
 // only, not the generation, so that what a stream keeps of an older view is the bytes sent.
 type view struct {
-	shared map[string]*table // by type; the generation's
-	own    map[string]*table // by type; the tables of the proxy's inbound resources
+	shared  map[string]*table // by type; the generation's
+	own     map[string]*table // by type; the tables of the proxy's inbound resources
+	inbound uint64            // the generation's inbound
 }
 
 // viewFor builds node's view of gen, on top of its view of an earlier generation (nil for
 // none) so that unchanged inbound resources keep their entries.
 func viewFor(gen *generation, pod meshstate.Key, prev *view) (*view, error) {
+	if prev != nil && prev.inbound == gen.inbound {
+		// Only the shared side changed (a TrafficSplit or TrafficPolicy, say).
+		v := &view{shared: gen.tables, own: prev.own, inbound: gen.inbound}
+		return v, v.checkNames()
+	}
 	in, err := gen.builder.Inbound(translate.Proxy{Pod: pod})
 	if err != nil {
 		return nil, err
 	}
-	v := &view{shared: gen.tables, own: map[string]*table{}}
+	v := &view{shared: gen.tables, own: map[string]*table{}, inbound: gen.inbound}
 	prevOwn := func(typ string) *table {
 		if prev == nil {
 			return nil
@@ -98,14 +112,20 @@ func viewFor(gen *generation, pod meshstate.Key, prev *view) (*view, error) {
 	if err := gen.fill(in, prevOwn, v.own); err != nil {
 		return nil, fmt.Errorf("inbound resources of %s: %w", pod, err)
 	}
+	return v, v.checkNames()
+}
+
+// checkNames refuses a view whose own resources share a name with shared ones (translate
+// names them apart; this guards the sending side, which would confuse them).
+func (v *view) checkNames() error {
 	for typ, own := range v.own {
 		for name := range own.entries {
-			if gen.tables[typ].entries[name] != nil {
-				return nil, fmt.Errorf("%s %q is both a shared and a per-proxy resource", typ, name)
+			if v.shared[typ].entries[name] != nil {
+				return fmt.Errorf("%s %q is both a shared and a per-proxy resource", typ, name)
 			}
 		}
 	}
-	return v, nil
+	return nil
 }
 
 // version is the content version of one type of the view: the shared table's and the

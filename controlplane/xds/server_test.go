@@ -4,6 +4,7 @@ import (
 	"slices"
 	"testing"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -182,5 +183,31 @@ func TestUnackedChangesWait(t *testing.T) {
 	resp := c.expect(resourcev3.RouteType)
 	if w := weightOf(t, resp); w != c.splitWeight {
 		t.Errorf("after the ACK the route has weight %d, want the latest, %d", w, c.splitWeight)
+	}
+}
+
+// TestOwnPodChangeIsSent: a change to the proxy's own pod (a new container port) rebuilds its
+// own side: the new inbound cluster arrives, with every other cluster (CDS is whole).
+func TestOwnPodChangeIsSent(t *testing.T) {
+	c := connect(t)
+	pod := meshstatetest.ProxyPods(testSize, 1)[0]
+	p := *c.state.Pods[pod]
+	p.Ports = append(slices.Clone(p.Ports), meshstate.ContainerPort{Name: "admin", Port: 9191})
+	c.store.SetPod(&p)
+	c.server.Rebuild()
+	cds := c.expect(resourcev3.ClusterType)
+	var found bool
+	for _, a := range cds.GetResources() {
+		cl := &clusterv3.Cluster{}
+		if err := a.UnmarshalTo(cl); err != nil {
+			t.Fatal(err)
+		}
+		found = found || cl.GetName() == "inbound|9191||"
+	}
+	if !found {
+		t.Errorf("no cluster inbound|9191|| among the %d clusters sent after the pod changed", len(cds.GetResources()))
+	}
+	if len(xdstest.EndpointNames(cds)) != len(c.edsNames) {
+		t.Errorf("the cluster response is not whole: %d EDS clusters, want %d", len(xdstest.EndpointNames(cds)), len(c.edsNames))
 	}
 }
