@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"maps"
 	"net/netip"
+	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -46,19 +48,43 @@ type outbound struct {
 // buildOutbound makes the outbound side of a State: for every Service port with a cluster
 // IP a listener, a route configuration (HTTP or undeclared ports), a cluster and its
 // endpoints; plus the virtual listener that receives all redirected outbound traffic.
+//
+// Services are translated in parallel, in as many contiguous runs as there are CPUs; the runs
+// are joined in order and the first error is the one of the earliest run, so the result is
+// the same as one pass in order (the Index is read-only).
 func buildOutbound(ix *meshstate.Index) (*Resources, error) {
-	o := &outbound{ix: ix}
-	res := &Resources{}
 	services := ix.State().Services
-	for _, key := range slices.SortedFunc(maps.Keys(services), compareKeys) {
-		for _, sp := range servedPorts(services[key]) {
-			o.servicePort(res, key, services[key], sp)
-		}
+	keys := slices.SortedFunc(maps.Keys(services), compareKeys)
+	runs := min(runtime.GOMAXPROCS(0), max(1, len(keys)/64))
+	parts := make([]*Resources, runs)
+	errs := make([]error, runs)
+	var wg sync.WaitGroup
+	for i := range runs {
+		lo, hi := i*len(keys)/runs, (i+1)*len(keys)/runs
+		wg.Go(func() {
+			o := &outbound{ix: ix}
+			part := &Resources{}
+			for _, key := range keys[lo:hi] {
+				for _, sp := range servedPorts(services[key]) {
+					o.servicePort(part, key, services[key], sp)
+				}
+			}
+			parts[i], errs[i] = part, o.c.err
+		})
 	}
+	wg.Wait()
+	res := &Resources{}
+	for _, part := range parts {
+		res.Listeners = append(res.Listeners, part.Listeners...)
+		res.Routes = append(res.Routes, part.Routes...)
+		res.Clusters = append(res.Clusters, part.Clusters...)
+		res.Endpoints = append(res.Endpoints, part.Endpoints...)
+	}
+	o := &outbound{ix: ix}
 	res.Listeners = append(res.Listeners, o.virtualListener())
 	res.Clusters = append(res.Clusters, originalDstCluster(OutboundPassthroughCluster))
 	res.sortResources()
-	return res, o.c.err
+	return res, cmp.Or(append(errs, o.c.err)...)
 }
 
 func compareKeys(a, b meshstate.Key) int {

@@ -1,7 +1,9 @@
 package xds
 
 import (
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -65,20 +67,30 @@ func newGeneration(st *meshstate.State, version uint64, changed time.Time, prev 
 	return gen, nil
 }
 
-// fill builds the tables of res into into, each on top of the one prev gives.
+// fill builds the tables of res into into, each on top of the one prev gives, the four
+// types in parallel.
 func (gen *generation) fill(res *translate.Resources, prev func(string) *table, into map[string]*table) error {
-	var err error
-	if into[resourcev3.ListenerType], err = buildTable(resourcev3.ListenerType, gen.version, prev(resourcev3.ListenerType), res.Listeners, (*listenerv3.Listener).GetName); err != nil {
+	var lis, rts, cls, eps *table
+	var errs [4]error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		lis, errs[0] = buildTable(resourcev3.ListenerType, gen.version, prev(resourcev3.ListenerType), res.Listeners, (*listenerv3.Listener).GetName)
+	})
+	wg.Go(func() {
+		rts, errs[1] = buildTable(resourcev3.RouteType, gen.version, prev(resourcev3.RouteType), res.Routes, (*routev3.RouteConfiguration).GetName)
+	})
+	wg.Go(func() {
+		cls, errs[2] = buildTable(resourcev3.ClusterType, gen.version, prev(resourcev3.ClusterType), res.Clusters, (*clusterv3.Cluster).GetName)
+	})
+	wg.Go(func() {
+		eps, errs[3] = buildTable(resourcev3.EndpointType, gen.version, prev(resourcev3.EndpointType), res.Endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName)
+	})
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
 		return err
 	}
-	if into[resourcev3.RouteType], err = buildTable(resourcev3.RouteType, gen.version, prev(resourcev3.RouteType), res.Routes, (*routev3.RouteConfiguration).GetName); err != nil {
-		return err
-	}
-	if into[resourcev3.ClusterType], err = buildTable(resourcev3.ClusterType, gen.version, prev(resourcev3.ClusterType), res.Clusters, (*clusterv3.Cluster).GetName); err != nil {
-		return err
-	}
-	into[resourcev3.EndpointType], err = buildTable(resourcev3.EndpointType, gen.version, prev(resourcev3.EndpointType), res.Endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName)
-	return err
+	into[resourcev3.ListenerType], into[resourcev3.RouteType], into[resourcev3.ClusterType], into[resourcev3.EndpointType] = lis, rts, cls, eps
+	return nil
 }
 
 // view is what one proxy is configured with in one generation: the shared tables and its

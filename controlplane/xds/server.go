@@ -41,6 +41,7 @@ type Server struct {
 	log   *slog.Logger
 
 	built atomic.Pointer[generation] // the latest translation; streams build from it
+	names *nameCache                 // the name sets streams ask for, shared
 }
 
 // New returns a server for store. Call Register, then Run.
@@ -57,7 +58,7 @@ func New(store *meshstate.Store, opts Options) *Server {
 	if opts.Metrics == nil {
 		opts.Metrics = NopMetrics()
 	}
-	s := &Server{opts: opts, store: store, log: opts.Logger}
+	s := &Server{opts: opts, store: store, log: opts.Logger, names: newNameCache()}
 	s.rebuild(time.Now())
 	return s
 }

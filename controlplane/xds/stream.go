@@ -80,36 +80,6 @@ func sentOf(v *view, typ, version string, asked *names) *sent {
 	return &sent{version: version, shared: v.shared[typ], own: v.own[typ], names: asked}
 }
 
-// names is a set of resource names a client asked for. A new request with other names
-// gets a new set, so comparing pointers tells whether the names changed.
-type names struct{ set map[string]bool }
-
-func newNames(list []string) *names {
-	n := &names{set: make(map[string]bool, len(list))}
-	for _, name := range list {
-		n.set[name] = true
-	}
-	return n
-}
-
-func (n *names) has(name string) bool { return n != nil && n.set[name] }
-
-// equal says whether two sets hold the same names.
-func (n *names) equal(o *names) bool {
-	if n == o {
-		return true
-	}
-	if n == nil || o == nil || len(n.set) != len(o.set) {
-		return false
-	}
-	for name := range n.set {
-		if !o.set[name] {
-			return false
-		}
-	}
-	return true
-}
-
 func (s *Server) newStream(g discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer, id spiffeid.ID) *adsStream {
 	return &adsStream{s: s, grpc: g, identity: id, log: s.log.With("identity", id.String()), types: map[string]*typeState{}}
 }
@@ -205,13 +175,15 @@ func (st *adsStream) onRequest(ctx context.Context, req *discovery.DiscoveryRequ
 	// all of them only in a first request (the legacy wildcard), later it means none.
 	wildcard := typ == resourcev3.ListenerType || typ == resourcev3.ClusterType ||
 		(len(req.GetResourceNames()) == 0 && (!ts.subscribed || ts.wildcard))
-	var asked *names
-	if !wildcard {
-		asked = newNames(req.GetResourceNames())
-	}
-	if !ts.subscribed || wildcard != ts.wildcard || !asked.equal(ts.names) {
+	switch {
+	case wildcard:
+		if !ts.subscribed || !ts.wildcard {
+			ts.must = true
+		}
+		ts.names = nil
+	case !ts.subscribed || ts.wildcard || !ts.names.sameAs(req.GetResourceNames()):
 		ts.must = true
-		ts.names = asked
+		ts.names = st.s.names.get(req.GetResourceNames())
 	}
 	ts.subscribed, ts.wildcard = true, wildcard
 	return st.send(ctx, typ)
