@@ -45,7 +45,8 @@ type proxy struct {
 	names  map[string][]string
 	acked  map[string]string // type URL → version last ACKed
 	nonces map[string]string // type URL → nonce of the latest response
-	sizes  map[string]int    // type URL → encoded size of the latest response (proxy 0 only)
+	sizes  map[string]int    // type URL → encoded size of the first response (proxy 0 only)
+	last   map[string]int    // type URL → encoded size of the latest response (proxy 0 only)
 	ready  chan struct{}     // closed once every type has been ACKed once
 	isDone bool
 	err    error
@@ -106,7 +107,7 @@ func (d dialer) connect(ctx context.Context, idx int, node string, cert tls.Cert
 	}
 	p := &proxy{
 		idx: idx, node: &core.Node{Id: node}, conn: conn, ads: ads,
-		names: map[string][]string{}, acked: map[string]string{}, nonces: map[string]string{}, sizes: map[string]int{},
+		names: map[string][]string{}, acked: map[string]string{}, nonces: map[string]string{}, sizes: map[string]int{}, last: map[string]int{},
 		ready: make(chan struct{}), ended: make(chan struct{}),
 	}
 	go p.recv()
@@ -149,7 +150,10 @@ func (p *proxy) recv() {
 		p.acked[t] = resp.GetVersionInfo()
 		p.nonces[t] = resp.GetNonce()
 		if p.idx == 0 {
-			p.sizes[t] = proto.Size(resp)
+			if _, seen := p.sizes[t]; !seen {
+				p.sizes[t] = proto.Size(resp)
+			}
+			p.last[t] = proto.Size(resp)
 		}
 		if !p.isDone && len(p.acked) == len(adsTypes) {
 			p.isDone = true
@@ -235,11 +239,12 @@ func routeWeights(resp *discovery.DiscoveryResponse, name string, want map[strin
 	return false
 }
 
-// responseSizes are the encoded sizes of the latest response of each type (proxy 0 only).
-func (p *proxy) responseSizes() map[string]int {
+// responseSizes are the encoded sizes of the first and of the latest response of each type
+// (proxy 0 only).
+func (p *proxy) responseSizes() (first, last map[string]int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return maps.Clone(p.sizes)
+	return maps.Clone(p.sizes), maps.Clone(p.last)
 }
 
 // rdsVersion is the route version the proxy last ACKed.

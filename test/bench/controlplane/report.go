@@ -60,7 +60,8 @@ type report struct {
 	memEnd       memory
 	rounds       []*roundResult
 	streamsEnded int
-	sizes        map[string]int // type URL → bytes of one proxy's latest response
+	sizes        map[string]int // type URL → bytes of one proxy's first response
+	lastSizes    map[string]int // type URL → bytes of its latest response (the last round's, for RDS)
 
 	rebuilds, rebuildSeconds  float64
 	pushLatencyN, pushLatency float64
@@ -151,9 +152,9 @@ func (r *report) markdown() string {
 	}
 	p("| all | | %s | %s | %s | %s | %d | %.2f s per push | | | |\n\n", ms(all.p50), ms(all.p90), ms(all.p99), ms(all.max), missing, cpu/float64(max(len(r.rounds), 1)))
 	if r.rebuilds > 0 {
-		p("Control plane's own metrics over the rounds: %.0f rebuilds, mean rebuild (translate + %d snapshots) %s", r.rebuilds, r.connectEach.n, ms(time.Duration(r.rebuildSeconds/r.rebuilds*float64(time.Second))))
+		p("Control plane's own metrics over the rounds: %.0f rebuilds, mean rebuild (translate and marshal the shared resources; each stream then adds its proxy's own) %s", r.rebuilds, ms(time.Duration(r.rebuildSeconds/r.rebuilds*float64(time.Second))))
 		if r.pushLatencyN > 0 {
-			p(", mean change-to-snapshots %s (includes the %s debounce)", ms(time.Duration(r.pushLatency/r.pushLatencyN*float64(time.Second))), o.Debounce)
+			p(", mean change-to-generation %s (includes the %s debounce)", ms(time.Duration(r.pushLatency/r.pushLatencyN*float64(time.Second))), o.Debounce)
 		}
 		p("; %.0f responses sent.\n", r.pushes)
 	}
@@ -166,16 +167,17 @@ func (r *report) markdown() string {
 		p("Content check: %d routes (every %d-th proxy, each round) decoded; %d had other weights than the update's.\n", checked, o.VerifyEvery, wrong)
 	}
 	if rds := r.sizes[resourcev3.RouteType]; rds > 0 {
-		p("Sizes of one proxy's responses: CDS %s, EDS %s, LDS %s, RDS %s. State-of-the-world xDS resends every route configuration on a change, so one weight change is %d × %s = %s of RDS on the wire.\n",
+		last := r.lastSizes[resourcev3.RouteType]
+		p("Sizes of one proxy's initial responses: CDS %s, EDS %s, LDS %s, RDS %s. The last round's RDS response was %d bytes (only the changed route configuration is sent), so one weight change is %d × %d bytes = %s of RDS on the wire.\n",
 			kib(r.sizes[resourcev3.ClusterType]), kib(r.sizes[resourcev3.EndpointType]), kib(r.sizes[resourcev3.ListenerType]), kib(rds),
-			r.connectEach.n, kib(rds), mib(int64(rds)*int64(r.connectEach.n)))
+			last, r.connectEach.n, last, kib(last*r.connectEach.n))
 	}
 	if r.streamsEnded > 0 {
 		p("**%d streams ended during the run.**\n", r.streamsEnded)
 	}
 	p("\n## Start and connect\n\n")
 	p("| phase | time | control plane |\n| --- | ---: | --- |\n")
-	p("| start → ready (caches synced, model primed, first snapshots, xDS served) | %s | RSS %s |\n", secs(r.cpReady), mib(r.memIdle.rss))
+	p("| start → ready (caches synced, model primed, first generation, xDS served) | %s | RSS %s |\n", secs(r.cpReady), mib(r.memIdle.rss))
 	p("| %d proxies connect (%d at a time) and ACK their initial CDS, EDS, LDS, RDS | %s (per proxy p50 %s, p99 %s) | %.1f s CPU; RSS %s |\n\n",
 		r.connectEach.n, o.Dialers, secs(r.connect), ms(r.connectEach.p50), ms(r.connectEach.p99), r.connectCPU, mib(r.memConnected.rss))
 	return b.String()

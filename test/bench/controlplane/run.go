@@ -224,7 +224,7 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	profile("heap-end.pb.gz", "heap", time.Minute)
 	rep.metricsDelta(metrics0, metrics1)
 	rep.memEnd, _ = readMemory(cp.pid)
-	rep.sizes = proxies[0].responseSizes()
+	rep.sizes, rep.lastSizes = proxies[0].responseSizes()
 	for _, p := range proxies {
 		if p.streamErr() != nil {
 			rep.streamsEnded++
