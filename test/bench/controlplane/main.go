@@ -27,6 +27,7 @@ type options struct {
 
 	Rounds         int
 	Debounce       time.Duration
+	MemoryLimit    string // the container's memory limit the control plane is given, as in the chart
 	Settle         time.Duration
 	RoundTimeout   time.Duration
 	ConnectTimeout time.Duration
@@ -51,6 +52,7 @@ func defaultOptions() options {
 		Proxies:        2000,
 		Rounds:         5,
 		Debounce:       100 * time.Millisecond,
+		MemoryLimit:    "512Mi",
 		Settle:         3 * time.Second,
 		RoundTimeout:   60 * time.Second,
 		ConnectTimeout: 5 * time.Minute,
@@ -91,6 +93,7 @@ and writes it to --results. Everything listens on 127.0.0.1; everything started 
 	fs.IntVar(&opts.Policies, "policies", opts.Policies, "TrafficPolicies (retries and timeouts); also one AuthorizationPolicy per namespace when > 0")
 	fs.IntVar(&opts.Proxies, "proxies", opts.Proxies, "simulated proxies (at most services × endpoints-per-service)")
 	fs.IntVar(&opts.Rounds, "rounds", opts.Rounds, "measured TrafficSplit updates")
+	fs.StringVar(&opts.MemoryLimit, "memory-limit", opts.MemoryLimit, "the container memory limit to run the control plane under, as the chart's controlPlane.resources.limits.memory (default) does: it gets GOMEMLIMIT at 90% of it, what it sets itself in a pod (internal/memlimit); empty: none")
 	fs.DurationVar(&opts.Debounce, "debounce", opts.Debounce, "the control plane's --debounce (its default is 100ms)")
 	fs.DurationVar(&opts.Settle, "settle", opts.Settle, "quiet time between rounds")
 	fs.DurationVar(&opts.RoundTimeout, "round-timeout", opts.RoundTimeout, "how long a round waits for every proxy's ACK")

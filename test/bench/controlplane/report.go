@@ -14,6 +14,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/controlplane/meshstate"
 	"github.com/trellis-mesh/trellis/internal/kubetest"
+	"github.com/trellis-mesh/trellis/internal/memlimit"
 )
 
 // Targets of issue 7.
@@ -118,8 +119,12 @@ func (r *report) markdown() string {
 	if o.Profile != "" {
 		binary = "the build with pprof (test/bench/controlplane/profiled; profiles in " + o.Profile + ")"
 	}
-	p("- Control plane: %s as a child process (debounce %s, leader election on, user-supplied CA); %d simulated proxies, each its own TLS connection, X.509-SVID and ADS stream, ACKing every response; %d rounds.\n",
-		binary, o.Debounce, r.connectEach.n, o.Rounds)
+	limit := "no memory limit"
+	if o.MemoryLimit != "" {
+		limit = fmt.Sprintf("GOMEMLIMIT %.0f%% of a %s container limit, as in a pod with the chart's default", memlimit.Fraction*100, o.MemoryLimit)
+	}
+	p("- Control plane: %s as a child process (debounce %s, leader election on, user-supplied CA, %s); %d simulated proxies, each its own TLS connection, X.509-SVID and ADS stream, ACKing every response; %d rounds.\n",
+		binary, o.Debounce, limit, r.connectEach.n, o.Rounds)
 	p("- Run took %s. Go %s. Tree: %s.\n\n", secs(r.finished.Sub(r.started)), runtime.Version(), gitDescribe())
 
 	all := r.allLatencies()

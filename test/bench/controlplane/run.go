@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/trellis-mesh/trellis/controlplane/meshstate"
 	"github.com/trellis-mesh/trellis/controlplane/meshstate/meshstatetest"
 	"github.com/trellis-mesh/trellis/internal/kubetest"
+	"github.com/trellis-mesh/trellis/internal/memlimit"
 )
 
 const (
@@ -129,6 +131,13 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	}
 	progress("signed %d workload certificates in %s", len(certs), time.Since(t).Round(time.Millisecond))
 
+	if opts.MemoryLimit != "" {
+		q, err := resource.ParseQuantity(opts.MemoryLimit)
+		if err != nil {
+			return fmt.Errorf("--memory-limit %q: %w", opts.MemoryLimit, err)
+		}
+		cpEnv = append(cpEnv, fmt.Sprintf("GOMEMLIMIT=%d", int64(float64(q.Value())*memlimit.Fraction)))
+	}
 	cp, err := startControlPlane(opts, env.KubeConfig, dir, cpEnv...)
 	if err != nil {
 		return err
