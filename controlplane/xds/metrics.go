@@ -19,11 +19,17 @@ type Metrics struct {
 	buildErrors      metric.Int64Counter
 	rebuildDuration  metric.Float64Histogram
 	pushLatency      metric.Float64Histogram
+	// byType holds the type attribute of each served type, made once: building it on every
+	// response was a measurable part of a push to 2000 proxies.
+	byType map[string]metric.AddOption
 }
 
 // NewMetrics creates the instruments on meter.
 func NewMetrics(meter metric.Meter) (*Metrics, error) {
-	m := &Metrics{}
+	m := &Metrics{byType: map[string]metric.AddOption{}}
+	for _, typ := range resourceTypes {
+		m.byType[typ] = metric.WithAttributeSet(attribute.NewSet(attribute.String("type", shortType(typ))))
+	}
 	var err error
 	seconds := metric.WithExplicitBucketBoundaries(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 	if m.connectedProxies, err = meter.Int64UpDownCounter("trellis_xds_connected_proxies",
@@ -72,7 +78,14 @@ func NopMetrics() *Metrics {
 func (m *Metrics) connected(ctx context.Context, delta int64) { m.connectedProxies.Add(ctx, delta) }
 
 func (m *Metrics) pushed(ctx context.Context, typeURL string) {
-	m.pushes.Add(ctx, 1, metric.WithAttributes(attribute.String("type", shortType(typeURL))))
+	m.pushes.Add(ctx, 1, m.typeAttr(typeURL))
+}
+
+func (m *Metrics) typeAttr(typeURL string) metric.AddOption {
+	if o, ok := m.byType[typeURL]; ok {
+		return o
+	}
+	return metric.WithAttributes(attribute.String("type", shortType(typeURL)))
 }
 
 func (m *Metrics) refused(ctx context.Context, reason string) {
@@ -80,7 +93,7 @@ func (m *Metrics) refused(ctx context.Context, reason string) {
 }
 
 func (m *Metrics) nacked(ctx context.Context, typeURL string) {
-	m.nacks.Add(ctx, 1, metric.WithAttributes(attribute.String("type", shortType(typeURL))))
+	m.nacks.Add(ctx, 1, m.typeAttr(typeURL))
 }
 
 func (m *Metrics) rebuilt(ctx context.Context, took, latency time.Duration) {

@@ -27,8 +27,9 @@ type PeerIdentityFunc func(ctx context.Context) (spiffeid.ID, error)
 type Options struct {
 	// PeerIdentity authenticates streams; required.
 	PeerIdentity PeerIdentityFunc
-	// Debounce waits for this much quiet after a change before rebuilding (default 100ms);
-	// MaxDelay bounds the wait under a steady stream of changes (default 1s).
+	// Debounce is the quiet spell that separates bursts of changes (default 100ms): the
+	// first change after one is translated at once, the changes that follow wait for this
+	// much quiet. MaxDelay bounds that wait under a steady stream of changes (default 1s).
 	Debounce, MaxDelay time.Duration
 	Logger             *slog.Logger
 	Metrics            *Metrics
@@ -87,9 +88,13 @@ func (ads) DeltaAggregatedResources(discovery.AggregatedDiscoveryService_DeltaAg
 	return status.Error(codes.Unimplemented, "Trellis serves state-of-the-world ADS only")
 }
 
-// Run makes a new generation when the model changes, until ctx ends.
+// Run makes a new generation when the model changes, until ctx ends. A change after a quiet
+// spell (no generation for Debounce) is translated at once: a TrafficSplit step or a policy
+// edit reaches the proxies without waiting. Changes that follow are coalesced: a
+// generation is made once Debounce passes without one, or MaxDelay after the first.
 func (s *Server) Run(ctx context.Context) error {
 	changed := s.store.Subscribe()
+	var built time.Time // when the last generation was made; zero: not by this loop yet
 	for {
 		select {
 		case <-ctx.Done():
@@ -97,6 +102,11 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-changed:
 		}
 		first := time.Now()
+		if first.Sub(built) >= s.opts.Debounce {
+			s.rebuild(first)
+			built = time.Now()
+			continue
+		}
 		deadline := time.NewTimer(s.opts.MaxDelay)
 	quiet:
 		for {
@@ -113,6 +123,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		deadline.Stop()
 		s.rebuild(first)
+		built = time.Now()
 	}
 }
 

@@ -1,8 +1,10 @@
 package xds
 
 import (
+	"context"
 	"slices"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -64,11 +66,16 @@ func connect(t *testing.T) *connected {
 
 // changeWeights moves split-0's weights and makes a new generation.
 func (c *connected) changeWeights() {
+	c.changeWeightsInStore()
+	c.server.Rebuild()
+}
+
+// changeWeightsInStore moves split-0's weights in the store only.
+func (c *connected) changeWeightsInStore() {
 	split := *c.state.Splits[meshstate.Key{Namespace: "ns-0", Name: "split-0"}]
 	c.splitWeight++
 	split.Backends = []meshstate.Backend{{Service: split.Backends[0].Service, Weight: c.splitWeight}, {Service: split.Backends[1].Service, Weight: 100 - c.splitWeight}}
 	c.store.SetSplit(&split)
-	c.server.Rebuild()
 }
 
 func routeNamesOf(t *testing.T, resp *discovery.DiscoveryResponse) []string {
@@ -209,5 +216,30 @@ func TestOwnPodChangeIsSent(t *testing.T) {
 	}
 	if len(xdstest.EndpointNames(cds)) != len(c.edsNames) {
 		t.Errorf("the cluster response is not whole: %d EDS clusters, want %d", len(xdstest.EndpointNames(cds)), len(c.edsNames))
+	}
+}
+
+// TestRunTranslatesAnIsolatedChangeAtOnce: with an hour's debounce, a change after a quiet
+// spell still reaches the proxy (it is translated at once); the change that follows it
+// waits for the quiet hour, coalesced with any others.
+func TestRunTranslatesAnIsolatedChangeAtOnce(t *testing.T) {
+	c := connect(t)
+	c.server.opts.Debounce, c.server.opts.MaxDelay = time.Hour, time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = c.server.Run(ctx) }()
+	time.Sleep(50 * time.Millisecond) // Run subscribes to the store first
+
+	c.changeWeightsInStore()
+	resp := c.expect(resourcev3.RouteType)
+	if w := weightOf(t, resp); w != c.splitWeight {
+		t.Fatalf("the route has weight %d, want %d", w, c.splitWeight)
+	}
+	c.ack(resp, c.rdsNames)
+	c.changeWeightsInStore()
+	select {
+	case r := <-c.resps:
+		t.Fatalf("the change right after another was not debounced: a %s response came", shortType(r.GetTypeUrl()))
+	case <-time.After(500 * time.Millisecond):
 	}
 }
