@@ -159,7 +159,7 @@ func (r *report) markdown() string {
 	if r.rebuilds > 0 {
 		p("Control plane's own metrics over the rounds: %.0f rebuilds, mean rebuild (translate and marshal the shared resources; each stream then adds its proxy's own) %s", r.rebuilds, ms(time.Duration(r.rebuildSeconds/r.rebuilds*float64(time.Second))))
 		if r.pushLatencyN > 0 {
-			p(", mean change-to-generation %s (includes the %s debounce)", ms(time.Duration(r.pushLatency/r.pushLatencyN*float64(time.Second))), o.Debounce)
+			p(", mean change-to-generation %s (a change after a quiet spell is not debounced; one within %s of the last generation is)", ms(time.Duration(r.pushLatency/r.pushLatencyN*float64(time.Second))), o.Debounce)
 		}
 		p("; %.0f responses sent.\n", r.pushes)
 	}
