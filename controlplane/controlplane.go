@@ -37,8 +37,8 @@ import (
 	"github.com/trellis-mesh/trellis/controlplane/meshstate"
 	"github.com/trellis-mesh/trellis/controlplane/status"
 	"github.com/trellis-mesh/trellis/controlplane/xds"
-	"github.com/trellis-mesh/trellis/injector/webhook"
 	"github.com/trellis-mesh/trellis/internal/memlimit"
+	"github.com/trellis-mesh/trellis/injector/webhook"
 )
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
@@ -197,7 +197,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	grpcServer := grpc.NewServer(append(xdsServer.ServerOptions(),
+	grpcServer := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(identity.ServerTLSConfig(ca, rotator))),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -205,7 +205,7 @@ func Run(ctx context.Context, opts Options) error {
 		// per connection, 64 MB at 2000 proxies), and half the default write buffer.
 		grpc.ReadBufferSize(0),
 		grpc.WriteBufferSize(16<<10),
-	)...)
+	)
 	xdsServer.Register(grpcServer)
 	identity.NewServer(ca, identity.NewKubeTokenReviewer(direct), caObserver).Register(grpcServer)
 

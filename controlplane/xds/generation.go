@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -35,11 +34,6 @@ type generation struct {
 	inbound uint64
 	// superseded is closed when a newer generation is published: the streams wait on it.
 	superseded chan struct{}
-	// published is when it was; fanout counts the streams bound by then that have not sent
-	// it yet, and fannedOut is closed when they all have (fanout.go).
-	published time.Time
-	fanout    atomic.Int64
-	fannedOut chan struct{}
 }
 
 // newGeneration translates st's shared side, reusing the entries of prev (nil for the first)
@@ -53,7 +47,6 @@ func newGeneration(st *meshstate.State, version uint64, changed time.Time, prev 
 		changed:    changed,
 		tables:     map[string]*table{},
 		superseded: make(chan struct{}),
-		fannedOut:  make(chan struct{}),
 	}
 	if prev != nil && translate.SameInbound(prev.state, st) {
 		gen.inbound = prev.inbound

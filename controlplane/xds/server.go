@@ -43,7 +43,6 @@ type Server struct {
 
 	built atomic.Pointer[generation] // the latest translation; streams build from it
 	names *nameCache                 // the name sets streams ask for, shared
-	bound atomic.Int64               // streams bound to a node
 }
 
 // New returns a server for store. Call Register, then Run.
@@ -140,12 +139,6 @@ func (s *Server) rebuild(changed time.Time) {
 		s.log.Error("translate the mesh model; proxies keep their last configuration", "error", err)
 		s.opts.Metrics.rebuildFailed(context.Background(), time.Since(start))
 		return
-	}
-	gen.published = time.Now()
-	if n := s.bound.Load(); n > 0 {
-		gen.fanout.Store(n)
-	} else {
-		close(gen.fannedOut)
 	}
 	s.built.Store(gen)
 	if prev != nil {

@@ -37,15 +37,12 @@ type adsStream struct {
 	identity spiffeid.ID
 	log      *slog.Logger
 
-	node string // bound by the first request
-	pod  meshstate.Key
-	view *view       // the latest configuration built for the node
-	seen *generation // the latest generation looked at (view's, unless building failed)
-	// boundAt is the version of the generation the stream bound with: it counts in the
-	// fan-out of later ones only.
-	boundAt uint64
-	types   map[string]*typeState
-	nonce   uint64
+	node  string // bound by the first request
+	pod   meshstate.Key
+	view  *view       // the latest configuration built for the node
+	seen  *generation // the latest generation looked at (view's, unless building failed)
+	types map[string]*typeState
+	nonce uint64
 }
 
 // typeState is the stream's state for one resource type.
@@ -107,7 +104,6 @@ func (st *adsStream) run(ctx context.Context) error {
 	}()
 	defer func() {
 		if st.node != "" {
-			st.s.bound.Add(-1)
 			st.s.opts.Metrics.connected(context.Background(), -1)
 		}
 	}()
@@ -223,8 +219,7 @@ func (st *adsStream) bind(ctx context.Context, node string) error {
 		st.s.opts.Metrics.buildFailed(ctx)
 		return status.Errorf(codes.FailedPrecondition, "build configuration for %s: %v", node, err)
 	}
-	st.node, st.pod, st.view, st.seen, st.boundAt = node, pod, v, gen, gen.version
-	st.s.bound.Add(1)
+	st.node, st.pod, st.view, st.seen = node, pod, v, gen
 	st.log = st.log.With("node", node)
 	st.s.opts.Metrics.connected(ctx, 1)
 	st.log.Info("proxy connected")
@@ -235,9 +230,6 @@ func (st *adsStream) bind(ctx context.Context, node string) error {
 // that changed. If it cannot be built the proxy keeps its last configuration.
 func (st *adsStream) onGeneration(ctx context.Context, gen *generation) error {
 	st.seen = gen
-	if st.boundAt < gen.version {
-		defer gen.sent()
-	}
 	v, err := viewFor(gen, st.pod, st.view)
 	if err != nil {
 		st.s.opts.Metrics.buildFailed(ctx)
