@@ -197,7 +197,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	grpcServer := grpc.NewServer(
+	grpcServer := grpc.NewServer(append(xdsServer.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(identity.ServerTLSConfig(ca, rotator))),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -205,7 +205,7 @@ func Run(ctx context.Context, opts Options) error {
 		// per connection, 64 MB at 2000 proxies), and half the default write buffer.
 		grpc.ReadBufferSize(0),
 		grpc.WriteBufferSize(16<<10),
-	)
+	)...)
 	xdsServer.Register(grpcServer)
 	identity.NewServer(ca, identity.NewKubeTokenReviewer(direct), caObserver).Register(grpcServer)
 

@@ -28,6 +28,7 @@ type generation struct {
 	builder *translate.Builder
 	changed time.Time // when the first change it contains was seen
 	tables  map[string]*table
+	names   map[string]*entry // every shared resource by name, for decoding requests (codec.go)
 	// inbound names the inputs of the proxies' own side: the version of the first generation
 	// with the same ones (translate.SameInbound). Views of generations with the same
 	// inbound keep their own resources instead of building them again.
@@ -63,6 +64,12 @@ func newGeneration(st *meshstate.State, version uint64, changed time.Time, prev 
 	}
 	if err := gen.fill(out, prevTable, gen.tables); err != nil {
 		return nil, err
+	}
+	gen.names = map[string]*entry{}
+	for _, t := range gen.tables {
+		for name, e := range t.entries {
+			gen.names[name] = e
+		}
 	}
 	return gen, nil
 }

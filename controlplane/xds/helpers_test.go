@@ -33,7 +33,7 @@ func identityOf(t testing.TB, st *meshstate.State, pod meshstate.Key) spiffeid.I
 func serve(t *testing.T, s *Server, id spiffeid.ID) *grpc.ClientConn {
 	t.Helper()
 	s.opts.PeerIdentity = func(context.Context) (spiffeid.ID, error) { return id, nil }
-	g := grpc.NewServer()
+	g := grpc.NewServer(s.ServerOptions()...)
 	s.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
