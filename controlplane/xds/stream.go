@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -162,7 +163,7 @@ func (st *adsStream) onRequest(ctx context.Context, req *discovery.DiscoveryRequ
 		case req.GetErrorDetail() != nil:
 			st.s.opts.Metrics.nacked(ctx, typ)
 			st.log.Warn("proxy rejected a configuration update; it keeps its last good one", "node", st.node,
-				"type", shortType(typ), "version", ts.inflight.version, "error", req.GetErrorDetail().GetMessage())
+				"type", shortType(typ), "version", ts.inflight.version, "error", truncate(req.GetErrorDetail().GetMessage(), maxLoggedError))
 			ts.rejected = ts.inflight.version
 		case req.GetVersionInfo() == ts.inflight.version:
 			ts.acked = ts.inflight
@@ -340,6 +341,16 @@ func (v *view) changed(typ string, asked *names, had *sent) []*entry {
 }
 
 func isServed(typ string) bool { return slices.Contains(resourceTypes, typ) }
+
+// maxLoggedError bounds how much of a proxy's NACK message the control plane logs.
+const maxLoggedError = 2 << 10
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
+}
 
 func sortByName(list []*entry) {
 	slices.SortFunc(list, func(a, b *entry) int { return cmp.Compare(a.name, b.name) })
