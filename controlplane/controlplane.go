@@ -37,8 +37,8 @@ import (
 	"github.com/trellis-mesh/trellis/controlplane/meshstate"
 	"github.com/trellis-mesh/trellis/controlplane/status"
 	"github.com/trellis-mesh/trellis/controlplane/xds"
-	"github.com/trellis-mesh/trellis/internal/memlimit"
 	"github.com/trellis-mesh/trellis/injector/webhook"
+	"github.com/trellis-mesh/trellis/internal/memlimit"
 )
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
